@@ -1,0 +1,68 @@
+"""Errors a user can fix.
+
+Every error lrsearch raises on purpose derives from :class:`LrsearchError`; the CLI turns them into one
+line on stderr and a non-zero exit. Anything else escaping is a bug.
+"""
+
+from __future__ import annotations
+
+
+class LrsearchError(Exception):
+    """Base of every error a user can fix; its message names the problem and the fix."""
+
+    exit_code = 1
+
+
+class SpecError(LrsearchError):
+    """A study file (or the spec stored in a study) is invalid.
+
+    Collects every problem found in one pass; ``problems`` holds them one per line.
+    """
+
+    exit_code = 2
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        if len(self.problems) == 1:
+            message = f"{source}: {self.problems[0]}"
+        else:
+            listed = "; ".join(self.problems)
+            message = f"{source}: {len(self.problems)} problems: {listed}"
+        super().__init__(message)
+
+
+class TaskError(LrsearchError):
+    """A task entry point cannot be imported, called, or does not behave as a task."""
+
+
+class GroupError(LrsearchError):
+    """Layer groups do not partition a model's trainable parameters."""
+
+
+class StorageError(LrsearchError):
+    """A storage URL is invalid or its database cannot be reached (passwords masked)."""
+
+
+class StudyNotFoundError(StorageError):
+    """The named study does not exist in the storage."""
+
+
+class StudyMismatchError(StorageError):
+    """A study of that name exists with a different spec."""
+
+
+class ExportError(LrsearchError):
+    """An exported optimizer config is invalid or does not fit the model it is applied to."""
+
+
+class TrialFailure(Exception):
+    """Raised by the trainer when a trial cannot finish; ``reason`` is stored with the trial.
+
+    Not a user error: the search records it and goes on with the next trial.
+    """
+
+    def __init__(self, reason: str, *, diverged: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.diverged = diverged

@@ -1,0 +1,317 @@
+"""The search loop: ask Optuna for a trial, train it, tell the result.
+
+Everything that can happen to a trial is decided in one place, :func:`_finish`:
+
+============  ==============  ================================================================
+outcome       Optuna state    why
+============  ==============  ================================================================
+complete      COMPLETE        trained to the end; its value is the last evaluation
+pruned        PRUNED          the pruner stopped it at an evaluation
+diverged      PRUNED          NaN/inf loss; NaN is reported at that step so TPE ranks it worst
+                              among trials that got as far (a FAIL would be ignored by TPE, and
+                              it would sample the same cliff again)
+failed        FAIL            out of memory, or the task raised; the reason is stored
+interrupted   FAIL            Ctrl-C / SIGTERM; the study stays intact and can be resumed
+============  ==============  ================================================================
+
+Each trial stores its resolved rates in one user attribute (``lrsearch.lrs``) so readers never
+reconstruct them from the sampled parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from lrsearch.errors import LrsearchError, TaskError, TrialFailure
+from lrsearch.groups import LayerGroups, resolve_groups
+from lrsearch.space import Sample, SearchSpace
+from lrsearch.spec import StudySpec
+from lrsearch.storage import create_or_resume, mask_url, open_storage, resolve_url
+from lrsearch.tasks import Task, load_task
+from lrsearch.trainer import TrainResult, resolve_device, resolve_precision, train_trial
+
+LRS_ATTR = "lrsearch.lrs"
+WD_ATTR = "lrsearch.weight_decay"
+OUTCOME_ATTR = "lrsearch.outcome"
+REASON_ATTR = "lrsearch.reason"
+GROUPS_ATTR = "lrsearch.groups"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+TrainFn = Callable[..., TrainResult]
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What became of one trial."""
+
+    number: int
+    outcome: str  # complete | pruned | diverged | failed | interrupted
+    value: float | None
+    lrs: dict[str, float]
+    seconds: float
+    reason: str | None = None
+
+
+@dataclass
+class SearchSummary:
+    """A run's result: what this run did and the study's best so far."""
+
+    study: str
+    storage: str
+    direction: str
+    budget: int
+    resumed: bool
+    already_finished: int
+    outcomes: list[TrialOutcome] = field(default_factory=list)
+    best_number: int | None = None
+    best_value: float | None = None
+    best_lrs: dict[str, float] | None = None
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for o in self.outcomes if o.outcome == outcome)
+
+
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    """The study's sampler; TPE is multivariate with group decomposition so that a group's rate is
+    modelled only in the trials where that group trained (the freeze choice makes the space
+    conditional)."""
+    seed = spec.study.seed
+    if spec.sampler.kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():
+        # `multivariate` and `group` are flagged experimental, yet they are what a conditional
+        # space needs; the warning would print on every worker start.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=spec.sampler.n_startup_trials,
+            multivariate=spec.sampler.multivariate,
+            group=spec.sampler.multivariate,
+            constant_liar=True,
+        )
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The study's pruner; each evaluation (every ``eval_every`` steps) is a pruning point."""
+    p = spec.pruner
+    if p.kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=p.min_resource, reduction_factor=p.reduction_factor
+        )
+    if p.kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=p.min_resource, reduction_factor=p.reduction_factor
+        )
+    if p.kind == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+        )
+    return optuna.pruners.NopPruner()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything checked before the study is touched."""
+
+    spec: StudySpec
+    task: Task
+    groups: LayerGroups
+    space: SearchSpace
+    direction: str
+
+
+def prepare(spec: StudySpec, *, device: str | None = None) -> Prepared:
+    """Build the task, resolve the groups on one model and check the space, before any write.
+
+    Raises:
+        LrsearchError: Any problem with the task, groups, space or device.
+    """
+    dev = resolve_device(device)
+    resolve_precision(spec.train.precision, dev)
+    task = load_task(spec.task.entry, spec.task.kwargs)
+    try:
+        model = task.build_model()
+    except LrsearchError:
+        raise
+    except Exception as e:
+        raise TaskError(f"task {spec.task.entry!r} failed to build its model: {e!r}") from e
+    groups = resolve_groups(model, spec.groups.patterns or None, auto_depth=spec.groups.auto_depth)
+    space = SearchSpace(spec.space, groups.names)
+    direction = spec.study.direction or task.direction
+    return Prepared(spec, task, groups, space, direction)
+
+
+def run_search(
+    spec: StudySpec,
+    *,
+    storage: str | None = None,
+    study_name: str | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    device: str | None = None,
+    on_trial: Callable[[TrialOutcome, SearchSummary], None] | None = None,
+    train_fn: TrainFn = train_trial,
+) -> SearchSummary:
+    """Run (or resume) a study until it has ``n_trials`` finished trials or ``timeout`` passes.
+
+    Args:
+        spec: The checked study file.
+        storage: Storage URL (default: ``$LRSEARCH_STORAGE``, then ``sqlite:///lrsearch.db``).
+        study_name: Overrides ``[study] name``.
+        n_trials: The study's total budget of finished trials; overrides ``[study] n_trials``.
+        timeout: Seconds after which no new trial starts; overrides ``[study] timeout``.
+        device: ``auto`` (default), ``cpu``, ``cuda``, ``cuda:N``.
+        on_trial: Called after every trial (a progress bar hangs here).
+        train_fn: The trainer (``train_trial``'s signature); replaceable for benchmarks.
+
+    Returns:
+        What this run did; ``interrupted`` is set when Ctrl-C stopped it.
+
+    Raises:
+        LrsearchError: Bad input (nothing is written), or the task failed in a way that is a bug in
+            the task (the trial is marked failed with the reason first).
+    """
+    prepared = prepare(spec, device=device)
+    name = study_name or spec.study.name
+    url = resolve_url(storage)
+    study, resumed = create_or_resume(
+        open_storage(url),
+        name,
+        spec,
+        direction=prepared.direction,
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+    )
+    if not resumed:
+        study.set_user_attr(GROUPS_ATTR, {g: list(p) for g, p in prepared.groups.patterns})
+    budget = n_trials if n_trials is not None else spec.study.n_trials
+    limit = timeout if timeout is not None else spec.study.timeout
+    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    summary = SearchSummary(
+        study=name,
+        storage=mask_url(url),
+        direction=prepared.direction,
+        budget=budget,
+        resumed=resumed,
+        already_finished=finished,
+    )
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    try:
+        while finished < budget and (limit is None or time.perf_counter() - start < limit):
+            outcome = _run_one(study, prepared, dev, train_fn)
+            finished += 1
+            summary.outcomes.append(outcome)
+            if outcome.outcome == "interrupted":
+                summary.interrupted = True
+                break
+            _update_best(summary, study)
+            if on_trial is not None:
+                on_trial(outcome, summary)
+    finally:
+        summary.seconds = time.perf_counter() - start
+    if summary.best_number is None:
+        _update_best(summary, study)
+    return summary
+
+
+def _update_best(summary: SearchSummary, study: optuna.Study) -> None:
+    try:
+        best = study.best_trial
+    except ValueError:  # no complete trial yet
+        return
+    summary.best_number = best.number
+    summary.best_value = best.value
+    summary.best_lrs = dict(best.user_attrs.get(LRS_ATTR, {}))
+
+
+def _run_one(study: optuna.Study, prepared: Prepared, device: Any, train_fn: TrainFn) -> TrialOutcome:
+    trial = study.ask()
+    start = time.perf_counter()
+    sample: Sample | None = None
+    last_step = -1
+    try:
+        sample = prepared.space.sample(trial)
+        trial.set_user_attr(LRS_ATTR, sample.lrs)
+        if sample.weight_decay is not None:
+            trial.set_user_attr(WD_ATTR, sample.weight_decay)
+
+        def report(step: int, value: float) -> None:
+            nonlocal last_step
+            last_step = step
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step} (value {value:.4g})")
+
+        result = train_fn(
+            prepared.task,
+            prepared.groups,
+            sample,
+            prepared.spec.train,
+            device=device,
+            seed=(prepared.spec.study.seed or 0) + trial.number,
+            report=report,
+        )
+    except optuna.TrialPruned as e:
+        return _finish(study, trial, sample, start, "pruned", reason=str(e) or None)
+    except TrialFailure as e:
+        if e.diverged:
+            trial.report(math.nan, last_step + 1)
+            return _finish(study, trial, sample, start, "diverged", reason=e.reason)
+        return _finish(study, trial, sample, start, "failed", reason=e.reason)
+    except KeyboardInterrupt:
+        return _finish(study, trial, sample, start, "interrupted", reason="interrupted")
+    except LrsearchError as e:
+        _finish(study, trial, sample, start, "failed", reason=str(e))
+        raise
+    except Exception as e:
+        reason = f"{type(e).__name__}: {e}"
+        _finish(study, trial, sample, start, "failed", reason=reason)
+        raise TaskError(
+            f"trial {trial.number} failed in the task's code ({reason}); the trial is stored as "
+            "failed and the study kept; fix the task (--debug shows the traceback) and run again"
+        ) from e
+    return _finish(study, trial, sample, start, "complete", value=result.value)
+
+
+def _finish(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    sample: Sample | None,
+    start: float,
+    outcome: str,
+    *,
+    value: float | None = None,
+    reason: str | None = None,
+) -> TrialOutcome:
+    """Tell Optuna the trial's fate; the one place that decides it."""
+    state = {
+        "complete": TrialState.COMPLETE,
+        "pruned": TrialState.PRUNED,
+        "diverged": TrialState.PRUNED,
+        "failed": TrialState.FAIL,
+        "interrupted": TrialState.FAIL,
+    }[outcome]
+    if outcome != "complete":
+        trial.set_user_attr(OUTCOME_ATTR, outcome)
+    if reason and outcome != "pruned":
+        trial.set_user_attr(REASON_ATTR, reason)
+    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    return TrialOutcome(
+        number=trial.number,
+        outcome=outcome,
+        value=value,
+        lrs=dict(sample.lrs) if sample else {},
+        seconds=time.perf_counter() - start,
+        reason=reason,
+    )

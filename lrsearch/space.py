@@ -1,0 +1,105 @@
+"""The search space: an Optuna trial in, ``{group: lr}`` out (0 = frozen).
+
+Two kinds of space, chosen by ``[space] kind``:
+
+- ``per_group``: an independent log-uniform rate per group (``lr.<group>``); a group named in ``freeze``
+  first samples ``freeze.<group>`` (a real choice, so the sampler learns whether freezing pays) and only
+  samples its rate when it trains.
+- ``layer_decay``: ``base_lr`` for the top non-head group, multiplied by ``decay`` once per group further
+  down (groups are listed bottom to top in the file), and ``head_multiplier`` x ``base_lr`` for the head
+  groups: three numbers however deep the model.
+
+In both, ``fixed`` groups take a given rate (0 freezes them for good) and ``weight_decay`` may be fixed or
+searched. Parameter names are stable, so a study's trials can be compared across resumed runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+import optuna
+
+from lrsearch.errors import SpecError
+from lrsearch.spec import SpaceSection, group_ref_problems
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What one trial trains with."""
+
+    lrs: dict[str, float]
+    weight_decay: float | None = None
+
+    @property
+    def frozen(self) -> tuple[str, ...]:
+        return tuple(g for g, lr in self.lrs.items() if lr == 0)
+
+
+class SearchSpace:
+    """Samples per-group learning rates for a fixed, ordered list of groups.
+
+    Args:
+        space: The ``[space]`` section.
+        groups: The resolved group names, bottom to top.
+
+    Raises:
+        SpecError: ``[space]`` names a group that does not exist.
+    """
+
+    def __init__(self, space: SpaceSection, groups: tuple[str, ...], *, source: str = "[space]"):
+        problems = group_ref_problems(space, groups)
+        if problems:
+            raise SpecError(source, problems)
+        self.space = space
+        self.groups = groups
+
+    def _refs(self, group: str, patterns: tuple[str, ...]) -> bool:
+        return any(fnmatchcase(group, p) for p in patterns)
+
+    def _fixed(self, group: str) -> float | None:
+        for pattern, lr in self.space.fixed.items():
+            if fnmatchcase(group, pattern):
+                return lr
+        return None
+
+    def _range(self, group: str) -> tuple[float, float]:
+        for pattern, rng in self.space.lr_ranges.items():
+            if fnmatchcase(group, pattern):
+                return rng
+        return self.space.lr
+
+    def sample(self, trial: optuna.Trial) -> Sample:
+        """Suggest this trial's rates; frozen and fixed groups suggest nothing they don't need."""
+        s = self.space
+        searched = [g for g in self.groups if self._fixed(g) is None]
+        frozen = {
+            g
+            for g in searched
+            if self._refs(g, s.freeze) and trial.suggest_categorical(f"freeze.{g}", [False, True])
+        }
+        lrs: dict[str, float] = {}
+        if s.kind == "per_group":
+            for g in searched:
+                if g not in frozen:
+                    low, high = self._range(g)
+                    lrs[g] = trial.suggest_float(f"lr.{g}", low, high, log=True)
+        else:
+            base = trial.suggest_float("base_lr", *s.lr, log=True)
+            heads = [g for g in self.groups if self._refs(g, s.head)]
+            layers = [g for g in self.groups if g not in heads]
+            decay = trial.suggest_float("decay", *s.decay)
+            mult = trial.suggest_float("head_multiplier", *s.head_multiplier, log=True) if (
+                heads) else 1.0
+            for i, g in enumerate(layers):
+                lrs[g] = base * decay ** (len(layers) - 1 - i)
+            for g in heads:
+                lrs[g] = base * mult
+        ordered = {}
+        for g in self.groups:
+            fixed = self._fixed(g)
+            ordered[g] = fixed if fixed is not None else 0.0 if g in frozen else lrs[g]
+        wd = s.weight_decay
+        if isinstance(wd, tuple):
+            wd = trial.suggest_float("weight_decay", *wd, log=True)
+        return Sample(lrs=ordered, weight_decay=wd)

@@ -1,0 +1,300 @@
+"""One trial's training: device, precision, schedule, evaluation, divergence and out-of-memory.
+
+Knows nothing of Optuna or SQL: the search passes a ``report(step, value)`` callback, which may raise
+(``optuna.TrialPruned``) to stop the trial; whatever it raises goes through untouched.
+
+Semantics worth knowing:
+
+- **Per-group rates.** Every optimizer param group keeps its own rate; the schedule is a ``LambdaLR``
+  factor, so warmup and decay scale each group's own rate and never overwrite all groups with one value.
+- **Frozen groups** (lr 0) get ``requires_grad=False`` and stay out of the optimizer, so autograd computes
+  no gradient for them (a frozen prefix of the network needs no backward pass at all).
+- **BatchNorm.** In train mode a BatchNorm layer updates its running statistics even when its weights
+  do not learn. With ``[train] freeze_batchnorm = true`` (the default), a BatchNorm layer whose parameters
+  are all frozen is kept in eval mode, so it normalises with its pretrained statistics and leaves them
+  unchanged; ``false`` lets them follow the new data as plain PyTorch would.
+- **Precision.** ``auto`` is bf16 autocast on a GPU that supports it, else fp16 autocast with a
+  ``GradScaler`` (gradients unscaled before clipping); fp32 on the CPU.
+- **Divergence.** A NaN/inf loss or metric ends the trial with ``TrialFailure(diverged=True)``.
+- **Out of memory.** CUDA OOM frees what the trial held and ends it with ``TrialFailure``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sized
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lrsearch.errors import LrsearchError, TrialFailure
+from lrsearch.groups import LayerGroups, build_param_groups, make_optimizer
+from lrsearch.space import Sample
+from lrsearch.spec import TrainSection
+from lrsearch.tasks import Task, move_to
+
+Report = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The outcome of a finished trial: its final metric and what it cost."""
+
+    value: float
+    steps: int
+    evaluations: int
+    seconds: float
+    device: str
+    precision: str
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """``None``/``"auto"``: CUDA when present, else the CPU; otherwise the named device, checked.
+
+    Raises:
+        LrsearchError: The device is not a torch device or is not available here.
+    """
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)  # type: ignore[arg-type]
+    except RuntimeError as e:
+        raise LrsearchError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LrsearchError(f"device {device!r} asked for, but CUDA is not available; use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise LrsearchError(
+                f"device {device!r} does not exist; this machine has "
+                f"{torch.cuda.device_count()} GPU(s)"
+            )
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a trial really runs in: ``fp32``, ``bf16`` or ``fp16``.
+
+    Raises:
+        LrsearchError: Mixed precision asked for on a device that cannot run it.
+    """
+    if device.type != "cuda":
+        if precision in ("bf16", "fp16"):
+            raise LrsearchError(
+                f"[train] precision = {precision!r} needs a CUDA device; use auto or fp32 on "
+                f"{device.type}"
+            )
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+def schedule_factor(kind: str, warmup_ratio: float, total_steps: int) -> Callable[[int], float]:
+    """The multiplier of each group's own rate at a step (a ``LambdaLR`` lambda)."""
+    warmup = int(round(warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if kind == "warmup_linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+_epoch_lengths: dict[tuple[int, int], int] = {}
+
+
+def steps_per_epoch(task: Task, batch_size: int) -> int:
+    """How many training batches one epoch has (``len()`` where the batches have one)."""
+    key = (id(task), batch_size)
+    if key not in _epoch_lengths:
+        batches = task.train_batches(batch_size, torch.Generator().manual_seed(0))
+        n = len(batches) if isinstance(batches, Sized) else sum(1 for _ in batches)
+        _epoch_lengths[key] = n
+    return _epoch_lengths[key]
+
+
+def _frozen_batchnorms(model: nn.Module) -> list[nn.Module]:
+    norms = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                norms.append(module)
+    return norms
+
+
+class _Trial:
+    """The state of one training run; ``run`` drives it."""
+
+    def __init__(
+        self,
+        task: Task,
+        groups: LayerGroups,
+        sample: Sample,
+        cfg: TrainSection,
+        device: torch.device,
+        seed: int,
+    ) -> None:
+        self.task, self.cfg, self.device = task, cfg, device
+        self.precision = resolve_precision(cfg.precision, device)
+        torch.manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.model = task.build_model().to(device)
+        param_groups = build_param_groups(
+            self.model, groups, sample.lrs, weight_decay=sample.weight_decay
+        )
+        self.params = [p for g in param_groups for p in g["params"]]
+        self.optimizer = make_optimizer(cfg.optimizer, param_groups, momentum=cfg.momentum) if (
+            param_groups) else None
+        self.frozen_norms = _frozen_batchnorms(self.model) if cfg.freeze_batchnorm else []
+        per_epoch = steps_per_epoch(task, cfg.batch_size)
+        self.total_steps = cfg.epochs * per_epoch
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, schedule_factor(cfg.schedule, cfg.warmup_ratio, self.total_steps)
+        ) if self.optimizer else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def train_mode(self) -> None:
+        self.model.train()
+        for module in self.frozen_norms:
+            module.eval()
+
+    def evaluate(self, step: int) -> float:
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            batches = (move_to(b, self.device) for b in self.task.val_batches(
+                self.cfg.eval_batch_size))
+            value = float(self.task.evaluate(self.model, batches))
+        self.train_mode()
+        if not math.isfinite(value):
+            raise TrialFailure(f"diverged: metric is {value} at step {step}", diverged=True)
+        return value
+
+    def step(self, batch: Any, step: int) -> None:
+        assert self.optimizer is not None and self.scheduler is not None
+        with self.autocast():
+            loss = self.task.loss(self.model, move_to(batch, self.device))
+        if not torch.isfinite(loss.detach()).all():
+            raise TrialFailure(f"diverged: loss is {loss.item()} at step {step}", diverged=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if self.cfg.grad_clip:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
+                torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if self.cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def batches(self) -> Iterator[Any]:
+        for _ in range(self.cfg.epochs):
+            yield from self.task.train_batches(self.cfg.batch_size, self.generator)
+            yield None  # end of an epoch
+
+    def run(self, report: Report | None) -> tuple[float, int, int]:
+        report = report or (lambda step, value: None)
+        if self.optimizer is None:  # every group frozen: the pretrained model as it is
+            value = self.evaluate(0)
+            report(0, value)
+            return value, 0, 1
+        self.train_mode()
+        step = evaluations = 0
+        value = math.nan
+        evaluated_at = -1
+        for batch in self.batches():
+            end_of_epoch = batch is None
+            if not end_of_epoch:
+                if step >= self.total_steps:
+                    break
+                step += 1
+                self.step(batch, step)
+            due = (self.cfg.eval_every and not end_of_epoch and step % self.cfg.eval_every == 0) or (
+                end_of_epoch and not self.cfg.eval_every
+            )
+            if due and evaluated_at != step:
+                value = self.evaluate(step)
+                evaluations += 1
+                evaluated_at = step
+                report(step, value)
+        if evaluated_at != step:
+            value = self.evaluate(step)
+            evaluations += 1
+            report(step, value)
+        return value, step, evaluations
+
+
+def train_trial(
+    task: Task,
+    groups: LayerGroups,
+    sample: Sample,
+    cfg: TrainSection,
+    *,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    report: Report | None = None,
+) -> TrainResult:
+    """Train a fresh model of ``task`` with ``sample``'s per-group rates and return its final metric.
+
+    Args:
+        task: What to train.
+        groups: The layer groups, resolved on a model of the same task.
+        sample: ``{group: lr}`` (0 = frozen) and weight decay.
+        cfg: The ``[train]`` section.
+        device: A torch device, ``"auto"`` or ``None`` (CUDA when present).
+        seed: Seeds model initialisation and data order.
+        report: Called as ``report(step, value)`` after each evaluation; may raise to stop the trial.
+
+    Returns:
+        The last evaluation's value and what the trial cost.
+
+    Raises:
+        TrialFailure: The trial diverged (NaN/inf) or ran out of GPU memory.
+    """
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    start = time.perf_counter()
+    trial: _Trial | None = None
+    oom = ""
+    try:
+        trial = _Trial(task, groups, sample, cfg, dev, seed)
+        value, steps, evaluations = trial.run(report)
+        return TrainResult(
+            value, steps, evaluations, time.perf_counter() - start, str(dev), trial.precision
+        )
+    except torch.cuda.OutOfMemoryError as e:
+        # Raised below, outside this block: the OOM traceback holds frames that hold GPU tensors.
+        oom = str(e).splitlines()[0] if str(e) else "out of memory"
+    finally:
+        # Drop the model and optimizer before the next trial allocates its own.
+        del trial
+        if dev.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
+    raise TrialFailure(
+        f"CUDA out of memory at [train] batch_size = {cfg.batch_size}; lower it or use a smaller "
+        f"model ({oom})"
+    )
+
