@@ -1,58 +1,85 @@
-"""lrsearch: search per-group learning rates (and freezing) for fine-tuning PyTorch models."""
+"""lrsearch: search per-group learning rates (and freezing) for fine-tuning PyTorch models.
+
+Public names are imported on first use, so ``import lrsearch`` (and the CLI's start) does not pay for
+torch and Optuna until something needs them.
+
+Example:
+    >>> import lrsearch
+    >>> optimizer = lrsearch.build_optimizer(model, "best.json")
+"""
 
 from __future__ import annotations
 
-from lrsearch.errors import (
-    ExportError,
-    GroupError,
-    LrsearchError,
-    SpecError,
-    StorageError,
-    StudyMismatchError,
-    StudyNotFoundError,
-    TaskError,
-)
-from lrsearch.export import build_optimizer, export_config, load_config, to_python
-from lrsearch.groups import LayerGroups, build_param_groups, make_optimizer, resolve_groups
-from lrsearch.search import SearchSummary, TrialOutcome, run_search
-from lrsearch.space import Sample, SearchSpace
-from lrsearch.spec import StudySpec, load_spec
-from lrsearch.storage import mask_url, open_storage
-from lrsearch.tasks import Task, TensorClassificationTask, load_task
-from lrsearch.trainer import TrainResult, train_trial
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ExportError",
-    "GroupError",
-    "LayerGroups",
-    "LrsearchError",
-    "Sample",
-    "SearchSpace",
-    "SearchSummary",
-    "SpecError",
-    "StorageError",
-    "StudyMismatchError",
-    "StudyNotFoundError",
-    "StudySpec",
-    "Task",
-    "TaskError",
-    "TensorClassificationTask",
-    "TrainResult",
-    "TrialOutcome",
-    "__version__",
-    "build_optimizer",
-    "build_param_groups",
-    "export_config",
-    "load_config",
-    "load_spec",
-    "load_task",
-    "make_optimizer",
-    "mask_url",
-    "open_storage",
-    "resolve_groups",
-    "run_search",
-    "to_python",
-    "train_trial",
-]
+_EXPORTS = {
+    "LrsearchError": "errors",
+    "SpecError": "errors",
+    "TaskError": "errors",
+    "GroupError": "errors",
+    "StorageError": "errors",
+    "StudyNotFoundError": "errors",
+    "StudyMismatchError": "errors",
+    "ExportError": "errors",
+    "StudySpec": "spec",
+    "load_spec": "spec",
+    "LayerGroups": "groups",
+    "resolve_groups": "groups",
+    "build_param_groups": "groups",
+    "make_optimizer": "groups",
+    "Sample": "space",
+    "SearchSpace": "space",
+    "Task": "tasks",
+    "TensorClassificationTask": "tasks",
+    "load_task": "tasks",
+    "TrainResult": "trainer",
+    "train_trial": "trainer",
+    "mask_url": "storage",
+    "open_storage": "storage",
+    "SearchSummary": "search",
+    "TrialOutcome": "search",
+    "run_search": "search",
+    "export_config": "export",
+    "load_config": "export",
+    "build_optimizer": "export",
+    "to_python": "export",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lrsearch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"lrsearch.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:
+    from lrsearch.errors import (
+        ExportError,
+        GroupError,
+        LrsearchError,
+        SpecError,
+        StorageError,
+        StudyMismatchError,
+        StudyNotFoundError,
+        TaskError,
+    )
+    from lrsearch.export import build_optimizer, export_config, load_config, to_python
+    from lrsearch.groups import LayerGroups, build_param_groups, make_optimizer, resolve_groups
+    from lrsearch.search import SearchSummary, TrialOutcome, run_search
+    from lrsearch.space import Sample, SearchSpace
+    from lrsearch.spec import StudySpec, load_spec
+    from lrsearch.storage import mask_url, open_storage
+    from lrsearch.tasks import Task, TensorClassificationTask, load_task
+    from lrsearch.trainer import TrainResult, train_trial
