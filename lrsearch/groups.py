@@ -1,16 +1,17 @@
 """Layer groups: which of a model's parameters learn at which rate.
 
-Groups are ordered ``(name, patterns)`` pairs. A pattern with a glob character (``*?[``) matches whole
-parameter names (``"encoder.layer.[0-2].*"``); a pattern without one is a module path or a parameter name
-(``"classifier"`` matches ``classifier.weight`` and ``classifier.bias``). A parameter goes to the first
-group that matches. A parameter no group matches, or a group that matches nothing, is an error naming
-them; a group whose only pattern is ``"*"`` is a catch-all and may end up empty. Tied parameters are
-counted once, under the first name PyTorch gives them. Parameters that already have
-``requires_grad=False`` are not trainable and belong to no group.
+Groups are ordered ``(name, patterns)`` pairs. A pattern with a glob character (``*?[``) matches
+whole parameter names (``"encoder.layer.[0-2].*"``); a pattern without one is a module path or a
+parameter name (``"classifier"`` matches ``classifier.weight`` and ``classifier.bias``). A
+parameter goes to the first group that matches. A parameter no group matches, or a group that
+matches nothing, is an error naming them; a group whose only pattern is ``"*"`` is a catch-all and
+may end up empty. Tied parameters are counted once, under the first name PyTorch gives them.
+Parameters that already have ``requires_grad=False`` are not trainable and belong to no group.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -67,15 +68,18 @@ def resolve_groups(
 
     Args:
         model: The model whose ``named_parameters()`` are grouped.
-        groups: Ordered ``{group: [pattern, ...]}``; a parameter goes to the first group that matches.
-        auto_depth: Instead of ``groups``: one group per module path of this many components, in model
-            order (``auto_depth=1`` on ``features.0.weight`` gives group ``features``).
+        groups: Ordered ``{group: [pattern, ...]}``; a parameter goes to the first group that
+            matches.
+        auto_depth: Instead of ``groups``: one group per module path of this many components, in
+            model order (``auto_depth=1`` on ``features.0.weight`` gives group ``features``).
 
     Returns:
-        The resolved groups, empty catch-all groups dropped.
+        The resolved groups, empty catch-all groups dropped. Resolving its ``patterns`` again on the
+        same model gives the same groups (an exported config relies on it).
 
     Raises:
-        GroupError: A trainable parameter matches no group, or a group matches no parameter.
+        GroupError: A trainable parameter matches no group, a group matches no parameter, or a
+            group is named twice.
     """
     names = trainable_names(model)
     if not names:
@@ -86,8 +90,13 @@ def resolve_groups(
         return _auto_groups(names, auto_depth)
     if not groups:
         raise GroupError("no groups given; name groups by pattern or use auto_depth")
-    pairs = [(g, tuple([p] if isinstance(p, str) else p))
-             for g, p in (groups.items() if isinstance(groups, Mapping) else groups)]
+    pairs = [
+        (g, tuple([p] if isinstance(p, str) else p))
+        for g, p in (groups.items() if isinstance(groups, Mapping) else groups)
+    ]
+    twice = sorted(g for g, n in Counter(g for g, _ in pairs).items() if n > 1)
+    if twice:
+        raise GroupError(f"group(s) named more than once: {', '.join(twice)}; name each group once")
     members: dict[str, list[str]] = {g: [] for g, _ in pairs}
     unmatched = []
     for name in names:
@@ -128,8 +137,15 @@ def _auto_groups(names: list[str], depth: int) -> LayerGroups:
         # The last part is the parameter itself; a parameter of a shallower module is its own group.
         prefix = ".".join(parts[: min(depth, max(len(parts) - 1, 1))])
         members.setdefault(prefix, []).append(name)
+    patterns = []
+    for group, owned in members.items():
+        # A module with parameters of its own *and* deeper groups below it (``block.scale`` beside
+        # ``block.fc.weight`` at depth 2): its path as a prefix would also take the deeper groups'
+        # parameters when the patterns are resolved again, so it lists its parameters by name.
+        overlaps = any(matches(n, group) for n in names if n not in owned)
+        patterns.append((group, tuple(owned) if overlaps else (group,)))
     return LayerGroups(
-        patterns=tuple((g, (g,)) for g in members),
+        patterns=tuple(patterns),
         params=tuple((g, tuple(m)) for g, m in members.items()),
     )
 
@@ -143,8 +159,9 @@ def build_param_groups(
 ) -> list[dict[str, Any]]:
     """Optimizer param groups, one per trained group, with its own ``lr`` and its ``name``.
 
-    A group with lr 0 is frozen: its parameters get ``requires_grad=False`` (so autograd does no work
-    for them) and it stays out of the optimizer.
+    A group with lr 0 is frozen: its parameters get ``requires_grad=False`` (so autograd does no
+    work for them) and it stays out of the optimizer. A trained group's parameters get
+    ``requires_grad=True``, so calling this again on the same model with new rates thaws them.
 
     Args:
         model: The model the groups were resolved on (or will be, when ``groups`` is a mapping).
@@ -174,6 +191,10 @@ def build_param_groups(
             for p in params:
                 p.requires_grad_(False)
             continue
+        for p in params:
+            # An earlier call may have frozen it; in the optimizer without a gradient it would
+            # silently never learn.
+            p.requires_grad_(True)
         entry: dict[str, Any] = {"params": params, "lr": float(lrs[group]), "name": group}
         if weight_decay is not None:
             entry["weight_decay"] = weight_decay

@@ -2,15 +2,16 @@
 
 Two kinds of space, chosen by ``[space] kind``:
 
-- ``per_group``: an independent log-uniform rate per group (``lr.<group>``); a group named in ``freeze``
-  first samples ``freeze.<group>`` (a real choice, so the sampler learns whether freezing pays) and only
-  samples its rate when it trains.
-- ``layer_decay``: ``base_lr`` for the top non-head group, multiplied by ``decay`` once per group further
-  down (groups are listed bottom to top in the file), and ``head_multiplier`` x ``base_lr`` for the head
-  groups: three numbers however deep the model.
+- ``per_group``: an independent log-uniform rate per group (``lr.<group>``); a group named in
+  ``freeze`` first samples ``freeze.<group>`` (a real choice, so the sampler learns whether
+  freezing pays) and only samples its rate when it trains.
+- ``layer_decay``: ``base_lr`` for the top non-head group, multiplied by ``decay`` once per group
+  further down (groups are listed bottom to top in the file), and ``head_multiplier`` x ``base_lr``
+  for the head groups: three numbers however deep the model.
 
-In both, ``fixed`` groups take a given rate (0 freezes them for good) and ``weight_decay`` may be fixed or
-searched. Parameter names are stable, so a study's trials can be compared across resumed runs.
+In both, ``fixed`` groups take a given rate (0 freezes them for good) and ``weight_decay`` may be
+fixed or searched. Parameter names are stable, so a study's trials can be compared across resumed
+runs.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class SearchSpace:
                 return rng
         return self.space.lr
 
-    def sample(self, trial: optuna.Trial) -> Sample:
+    def sample(self, trial: optuna.trial.BaseTrial) -> Sample:
         """Suggest this trial's rates; frozen and fixed groups suggest nothing they don't need."""
         s = self.space
         searched = [g for g in self.groups if self._fixed(g) is None]
@@ -89,8 +90,11 @@ class SearchSpace:
             heads = [g for g in self.groups if self._refs(g, s.head)]
             layers = [g for g in self.groups if g not in heads]
             decay = trial.suggest_float("decay", *s.decay)
-            mult = trial.suggest_float("head_multiplier", *s.head_multiplier, log=True) if (
-                heads) else 1.0
+            mult = (
+                trial.suggest_float("head_multiplier", *s.head_multiplier, log=True)
+                if heads
+                else 1.0
+            )
             for i, g in enumerate(layers):
                 lrs[g] = base * decay ** (len(layers) - 1 - i)
             for g in heads:

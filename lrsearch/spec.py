@@ -1,9 +1,10 @@
 """Study files: TOML in, frozen dataclasses out, every problem reported at once.
 
 A study file has the sections ``study``, ``task``, ``groups``, ``space``, ``train``, ``pruner`` and
-``sampler`` (README.md, "Study file reference", lists every key). Unknown keys are errors, because a typo
-in a learning-rate search silently searches the wrong thing. The same reader checks a spec stored inside a
-study (``StudySpec.from_dict``), so a worker rebuilding a study from the database gets the same checks.
+``sampler`` (README.md, "Study file reference", lists every key). Unknown keys are errors, because
+a typo in a learning-rate search silently searches the wrong thing. The same reader checks a spec
+stored inside a study (``StudySpec.from_dict``), so a worker rebuilding a study from the database
+gets the same checks.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ SCHEDULES = ("constant", "warmup_cosine", "warmup_linear")
 PRUNERS = ("hyperband", "successive_halving", "median", "none")
 SAMPLERS = ("tpe", "random")
 SPACE_KINDS = ("per_group", "layer_decay")
+# Keys of [space] that only the other kind of space reads.
+_IGNORED_BY_KIND = {
+    "per_group": ("decay", "head", "head_multiplier"),
+    "layer_decay": ("lr_ranges",),
+}
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _ENTRY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -50,7 +56,7 @@ class TaskSection:
 
 @dataclass(frozen=True)
 class GroupsSection:
-    """Ordered ``(group, patterns)`` pairs, or ``auto_depth`` for one group per module at that depth."""
+    """Ordered ``(group, patterns)`` pairs, or ``auto_depth``: a group per module at that depth."""
 
     patterns: tuple[tuple[str, tuple[str, ...]], ...] = ()
     auto_depth: int | None = None
@@ -124,12 +130,14 @@ class StudySpec:
             section: {k: v for k, v in values.items() if v is not None}
             for section, values in asdict(self).items()
         }
+        for key in _IGNORED_BY_KIND[self.space.kind]:
+            data["space"].pop(key, None)
         data["groups"] = (
             {"auto_depth": self.groups.auto_depth}
             if self.groups.auto_depth
             else {name: list(patterns) for name, patterns in self.groups.patterns}
         )
-        return _jsonable(data)  # type: ignore[no-any-return]
+        return _jsonable(data)
 
     def search_dict(self) -> dict[str, Any]:
         """The parts that define what a study searches: all but its name and budget."""
@@ -139,7 +147,11 @@ class StudySpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "<spec>") -> StudySpec:
-        """Check ``data`` (the TOML's tables) and build a spec; raises SpecError listing all problems."""
+        """Check ``data`` (the TOML's tables) and build a spec.
+
+        Raises:
+            SpecError: Listing every problem found, not only the first.
+        """
         return _Reader(source).read(data)
 
 
@@ -156,6 +168,9 @@ def load_spec(path: str | Path) -> StudySpec:
         raise SpecError(str(p), ["file not found; check the path to the study file"]) from e
     except OSError as e:
         raise SpecError(str(p), [f"cannot read the file: {e.strerror}"]) from e
+    except UnicodeDecodeError as e:
+        # A binary file or another encoding: without this a traceback reaches the user.
+        raise SpecError(str(p), [f"not UTF-8 text ({e.reason} at byte {e.start})"]) from e
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -221,7 +236,10 @@ class _Reader:
         pruner = self.pruner(tables["pruner"])
         sampler = self.sampler(tables["sampler"])
         if not groups.auto_depth and groups.patterns:
-            self.problems.extend(group_ref_problems(space, groups.names))
+            # Every well-named group, also one whose patterns were bad, so that a reference to it is
+            # not reported as a second, misleading problem.
+            named = tuple(n for n in tables["groups"] if _GROUP_NAME.match(n))
+            self.problems.extend(group_ref_problems(space, named))
         if self.problems:
             raise SpecError(self.source, self.problems)
         return StudySpec(study, task, groups, space, train, pruner, sampler)
@@ -258,7 +276,7 @@ class _Reader:
             if required:
                 self.problem(where, "is required")
             return default
-        value = table.pop(key)
+        value: Any = table.pop(key)
         kinds = kind if isinstance(kind, tuple) else (kind,)
         # bool is an int in Python; a learning rate of `true` is a typo, not 1.
         if isinstance(value, bool) and bool not in kinds:
@@ -266,7 +284,8 @@ class _Reader:
             return default
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, kinds):
+        is_kind = isinstance(value, kinds)  # a bool, so mypy keeps `value: Any` below
+        if not is_kind:
             self.problem(where, f"must be {_kind_name(kinds)}, got {value!r}")
             return default
         if choices is not None and value not in choices:
@@ -387,6 +406,14 @@ class _Reader:
         s = "space"
         d = SpaceSection()
         kind = self.take(s, t, "kind", str, d.kind, choices=SPACE_KINDS)
+        # A key the chosen kind ignores would silently search something else than the file says.
+        for key in _IGNORED_BY_KIND[kind]:
+            if key in t:
+                other = "layer_decay" if kind == "per_group" else "per_group"
+                self.problem(
+                    f"[space] {key}",
+                    f"applies to kind = {other!r} only; remove it or set kind = {other!r}",
+                )
         lr = self.range("[space] lr", t.pop("lr"), d.lr) if "lr" in t else d.lr
         ranges: dict[str, tuple[float, float]] = {}
         raw_ranges = self.take(s, t, "lr_ranges", dict, {})
@@ -422,8 +449,13 @@ class _Reader:
                     self.problem("[space] weight_decay", f"must be >= 0, got {raw!r}")
                 else:
                     wd = float(raw)
-            else:
+            elif isinstance(raw, list):
                 wd = self.range("[space] weight_decay", raw, (1e-6, 1e-1))
+            else:
+                self.problem(
+                    "[space] weight_decay",
+                    f"must be a number >= 0 (fixed) or a [low, high] pair (searched), got {raw!r}",
+                )
         both = set(freeze) & set(fixed)
         for g in sorted(both):
             self.problem(f"[space] fixed.{g}", "is also in freeze; a group is fixed or searched")
