@@ -1,9 +1,10 @@
 """The winning configuration, out of the study and into a user's own training script.
 
-``export_config`` turns a trial into a versioned JSON document (schema ``lrsearch/optimizer-config/v1``):
-the optimizer, and per group its name, the patterns that define it, its rate and whether it is frozen.
-``build_optimizer(model, config)`` reads that document back and builds the same param groups on the
-user's model; ``to_python`` writes a standalone snippet that does the same with torch alone.
+``export_config`` turns a trial into a versioned JSON document (schema
+``lrsearch/optimizer-config/v1``): the optimizer, and per group its name, the patterns that define
+it, its rate and whether it is frozen. ``build_optimizer(model, config)`` reads that document back
+and builds the same param groups on the user's model; ``to_python`` writes a standalone snippet that
+does the same with torch alone.
 
 Example:
     >>> optimizer = lrsearch.build_optimizer(model, "best.json")
@@ -22,7 +23,7 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
-from lrsearch.errors import ExportError, GroupError, LrsearchError
+from lrsearch.errors import ExportError, GroupError
 from lrsearch.groups import build_param_groups, make_optimizer, resolve_groups
 from lrsearch.search import GROUPS_ATTR, LRS_ATTR, WD_ATTR
 from lrsearch.storage import load_study, stored_spec
@@ -120,9 +121,17 @@ def load_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     else:
         source = str(config)
         try:
-            data = json.loads(Path(config).read_text(encoding="utf-8"))
+            text = Path(config).read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ExportError(f"{source}: file not found; export one with `lrsearch export`") from None
+            raise ExportError(
+                f"{source}: file not found; export one with `lrsearch export`"
+            ) from None
+        except UnicodeDecodeError:
+            raise ExportError(f"{source}: not JSON (not UTF-8 text)") from None
+        except OSError as e:
+            raise ExportError(f"{source}: cannot read the file: {e.strerror or e}") from None
+        try:
+            data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ExportError(f"{source}: not JSON ({e})") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
@@ -133,30 +142,50 @@ def load_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(groups, list) or not groups:
         problems.append("'groups' must be a non-empty list")
         groups = []
+    names: list[str] = []
     for i, g in enumerate(groups):
         ok = (
             isinstance(g, dict)
             and isinstance(g.get("name"), str)
+            and bool(g["name"])
             and isinstance(g.get("match"), list)
-            and all(isinstance(p, str) for p in g["match"])
-            and isinstance(g.get("lr"), (int, float))
-            and not isinstance(g.get("lr"), bool)
-            and math.isfinite(g["lr"])
-            and g["lr"] >= 0
+            and bool(g["match"])
+            and all(isinstance(p, str) and p for p in g["match"])
+            and _is_rate(g.get("lr"))
         )
         if not ok:
-            problems.append(f"groups[{i}] must have name, match (list of patterns) and lr >= 0")
+            problems.append(
+                f"groups[{i}] must have a name, match (a non-empty list of patterns) and a finite "
+                f"lr >= 0, got {g!r}"
+            )
+        elif g["name"] in names:
+            problems.append(f"groups[{i}]: group name {g['name']!r} is used twice")
+        else:
+            names.append(g["name"])
     opt = data.get("optimizer")
     if not isinstance(opt, dict) or str(opt.get("name", "")).lower() not in _OPTIMIZER_NAMES:
         problems.append(f"optimizer.name must be one of {', '.join(_OPTIMIZER_NAMES.values())}")
     elif not isinstance(opt.get("kwargs", {}), dict):
         problems.append("optimizer.kwargs must be an object")
+    if not isinstance(data.get("train", {}), dict):
+        problems.append("train must be an object")
     if problems:
         raise ExportError(f"{source}: " + "; ".join(problems))
     return data
 
 
-def build_optimizer(model: nn.Module, config: str | Path | Mapping[str, Any]) -> torch.optim.Optimizer:
+def _is_rate(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value) and value >= 0
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def build_optimizer(
+    model: nn.Module, config: str | Path | Mapping[str, Any]
+) -> torch.optim.Optimizer:
     """Apply an exported config to ``model``: freeze its frozen groups and build the optimizer.
 
     Args:
@@ -168,28 +197,42 @@ def build_optimizer(model: nn.Module, config: str | Path | Mapping[str, Any]) ->
 
     Raises:
         ExportError: The config is invalid or the model's parameters do not match its groups (the
-            message names the parameters).
+            message names the parameters). The model is left as it was.
     """
     data = load_config(config)
     groups = [(g["name"], g["match"]) for g in data["groups"]]
     lrs = {g["name"]: float(g["lr"]) for g in data["groups"]}
+    # build_param_groups freezes as it goes; on any error, give the model back as it came.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:
+        return _build(model, groups, lrs, data["optimizer"])
+    except BaseException:
+        for p in trainable:
+            p.requires_grad_(True)
+        raise
+
+
+def _build(
+    model: nn.Module,
+    groups: list[tuple[str, list[str]]],
+    lrs: dict[str, float],
+    opt: dict[str, Any],
+) -> torch.optim.Optimizer:
     try:
         resolved = resolve_groups(model, groups)
         param_groups = build_param_groups(model, resolved, lrs)
         if not param_groups:
             raise ExportError("every group is frozen in this config; there is nothing to optimize")
-        opt = data["optimizer"]
         return make_optimizer(opt["name"], param_groups, **dict(opt.get("kwargs", {})))
     except GroupError as e:
         raise ExportError(f"the model does not match the exported groups: {e}") from e
     except (TypeError, ValueError) as e:
-        if isinstance(e, LrsearchError):
-            raise
-        raise ExportError(f"optimizer {data['optimizer']!r} rejected its kwargs: {e}") from e
+        raise ExportError(f"optimizer {opt!r} rejected its kwargs: {e}") from e
 
 
 _SNIPPET = '''\
-"""Optimizer config exported by lrsearch: study {study!r}, trial {trial}, value {value!r}.
+# Optimizer config exported by lrsearch: study {study}, trial {trial}, value {value}.
+"""Optimizer config exported by lrsearch.
 
 Needs only torch. Usage:
     optimizer = build_optimizer(model)
@@ -249,19 +292,19 @@ def to_python(config: Mapping[str, Any]) -> str:
     """A standalone Python snippet (torch only) that builds the same optimizer as the config."""
     data = load_config(config)
     rows = "\n".join(
-        f"    ({g['name']!r}, {list(g['match'])!r}, {float(g['lr'])!r}),"
-        for g in data["groups"]
+        f"    ({g['name']!r}, {list(g['match'])!r}, {float(g['lr'])!r})," for g in data["groups"]
     )
     bn = ""
-    if data.get("train", {}).get("freeze_batchnorm") and any(g["frozen"] for g in data["groups"]):
+    if data.get("train", {}).get("freeze_batchnorm") and any(g["lr"] == 0 for g in data["groups"]):
         bn = (
             "\nThe search kept BatchNorm layers of frozen groups in eval mode (pretrained running "
             "statistics):\ncall .eval() on them after each model.train() to train the same way."
         )
+    # In a comment, as repr: a study name can hold quotes, backslashes or newlines.
     return _SNIPPET.format(
-        study=data.get("study"),
-        trial=data.get("trial"),
-        value=data.get("value"),
+        study=repr(data.get("study")),
+        trial=repr(data.get("trial")),
+        value=repr(data.get("value")),
         bn_note=bn,
         groups=rows,
         optimizer=_OPTIMIZER_NAMES[str(data["optimizer"]["name"]).lower()],

@@ -1,18 +1,20 @@
 """One trial's training: device, precision, schedule, evaluation, divergence and out-of-memory.
 
-Knows nothing of Optuna or SQL: the search passes a ``report(step, value)`` callback, which may raise
-(``optuna.TrialPruned``) to stop the trial; whatever it raises goes through untouched.
+Knows nothing of Optuna or SQL: the search passes a ``report(step, value)`` callback, which may
+raise (``optuna.TrialPruned``) to stop the trial; whatever it raises goes through untouched.
 
 Semantics worth knowing:
 
-- **Per-group rates.** Every optimizer param group keeps its own rate; the schedule is a ``LambdaLR``
-  factor, so warmup and decay scale each group's own rate and never overwrite all groups with one value.
-- **Frozen groups** (lr 0) get ``requires_grad=False`` and stay out of the optimizer, so autograd computes
-  no gradient for them (a frozen prefix of the network needs no backward pass at all).
-- **BatchNorm.** In train mode a BatchNorm layer updates its running statistics even when its weights
-  do not learn. With ``[train] freeze_batchnorm = true`` (the default), a BatchNorm layer whose parameters
-  are all frozen is kept in eval mode, so it normalises with its pretrained statistics and leaves them
-  unchanged; ``false`` lets them follow the new data as plain PyTorch would.
+- **Per-group rates.** Every optimizer param group keeps its own rate; the schedule is a
+  ``LambdaLR`` factor, so warmup and decay scale each group's own rate and never overwrite all
+  groups with one value.
+- **Frozen groups** (lr 0) get ``requires_grad=False`` and stay out of the optimizer, so autograd
+  computes no gradient for them (a frozen prefix of the network needs no backward pass at all).
+- **BatchNorm.** In train mode a BatchNorm layer updates its running statistics even when its
+  weights do not learn. With ``[train] freeze_batchnorm = true`` (the default), a BatchNorm layer
+  whose parameters are all frozen is kept in eval mode, so it normalises with its pretrained
+  statistics and leaves them unchanged; ``false`` lets them follow the new data as plain PyTorch
+  would.
 - **Precision.** ``auto`` is bf16 autocast on a GPU that supports it, else fp16 autocast with a
   ``GradScaler`` (gradients unscaled before clipping); fp32 on the CPU.
 - **Divergence.** A NaN/inf loss or metric ends the trial with ``TrialFailure(diverged=True)``.
@@ -25,7 +27,8 @@ import contextlib
 import gc
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sized
+import weakref
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,12 +62,17 @@ def resolve_device(device: str | None = None) -> torch.device:
     Raises:
         LrsearchError: The device is not a torch device or is not available here.
     """
-    if device in (None, "", "auto"):
+    if device is None or device in ("", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        dev = torch.device(device)  # type: ignore[arg-type]
-    except RuntimeError as e:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
         raise LrsearchError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from e
+    if dev.type not in ("cpu", "cuda", "mps"):
+        # torch accepts "meta", "xla", ...; a trial could not train on them.
+        raise LrsearchError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise LrsearchError(f"device {device!r} asked for, but MPS is not available; use cpu")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise LrsearchError(f"device {device!r} asked for, but CUDA is not available; use cpu")
@@ -82,6 +90,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     Raises:
         LrsearchError: Mixed precision asked for on a device that cannot run it.
     """
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise LrsearchError(
+            f"[train] precision must be auto, fp32, bf16 or fp16, got {precision!r}"
+        )
     if device.type != "cuda":
         if precision in ("bf16", "fp16"):
             raise LrsearchError(
@@ -91,12 +103,20 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "fp32"
     if precision == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise LrsearchError(
+            "[train] precision = 'bf16' is not supported by this GPU; use auto or fp16"
+        )
     return precision
 
 
 def schedule_factor(kind: str, warmup_ratio: float, total_steps: int) -> Callable[[int], float]:
-    """The multiplier of each group's own rate at a step (a ``LambdaLR`` lambda)."""
-    warmup = int(round(warmup_ratio * total_steps))
+    """The multiplier of each group's own rate at a step (a ``LambdaLR`` lambda).
+
+    Step ``k`` (0-based) of ``total_steps`` trains with ``lr * factor(k)``: a linear warmup over
+    ``round(warmup_ratio * total_steps)`` steps, then constant, cosine or linear decay towards 0.
+    """
+    warmup = round(warmup_ratio * total_steps)
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -111,21 +131,32 @@ def schedule_factor(kind: str, warmup_ratio: float, total_steps: int) -> Callabl
     return factor
 
 
-_epoch_lengths: dict[tuple[int, int], int] = {}
+# (id(task), batch_size) -> (a weak reference to the task, batches per epoch). The reference tells a
+# live task from a dead one whose id was reused by a new task with other data.
+_epoch_lengths: dict[tuple[int, int], tuple[weakref.ref[Any], int]] = {}
 
 
 def steps_per_epoch(task: Task, batch_size: int) -> int:
-    """How many training batches one epoch has (``len()`` where the batches have one)."""
+    """How many training batches one epoch has (``len()`` where the batches have one).
+
+    Counting may iterate a whole epoch, so the count is cached for as long as ``task`` lives.
+    """
     key = (id(task), batch_size)
-    if key not in _epoch_lengths:
-        batches = task.train_batches(batch_size, torch.Generator().manual_seed(0))
-        n = len(batches) if isinstance(batches, Sized) else sum(1 for _ in batches)
-        _epoch_lengths[key] = n
-    return _epoch_lengths[key]
+    cached = _epoch_lengths.get(key)
+    if cached is not None and cached[0]() is task:
+        return cached[1]
+    batches = task.train_batches(batch_size, torch.Generator().manual_seed(0))
+    n = len(batches) if isinstance(batches, Sized) else sum(1 for _ in batches)
+    try:
+        ref = weakref.ref(task, lambda _: _epoch_lengths.pop(key, None))
+    except TypeError:  # no weak references to it (__slots__): count again next time
+        return n
+    _epoch_lengths[key] = (ref, n)
+    return n
 
 
 def _frozen_batchnorms(model: nn.Module) -> list[nn.Module]:
-    norms = []
+    norms: list[nn.Module] = []
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             params = list(module.parameters(recurse=False))
@@ -148,6 +179,9 @@ class _Trial:
     ) -> None:
         self.task, self.cfg, self.device = task, cfg, device
         self.precision = resolve_precision(cfg.precision, device)
+        # Counted before seeding: the first count iterates an epoch, which may draw from the global
+        # RNG (augmentations), and later trials read the cache, so the same seed would train apart.
+        per_epoch = steps_per_epoch(task, cfg.batch_size)
         torch.manual_seed(seed)
         self.generator = torch.Generator().manual_seed(seed)
         self.model = task.build_model().to(device)
@@ -155,16 +189,22 @@ class _Trial:
             self.model, groups, sample.lrs, weight_decay=sample.weight_decay
         )
         self.params = [p for g in param_groups for p in g["params"]]
-        self.optimizer = make_optimizer(cfg.optimizer, param_groups, momentum=cfg.momentum) if (
-            param_groups) else None
+        self.optimizer = (
+            make_optimizer(cfg.optimizer, param_groups, momentum=cfg.momentum)
+            if param_groups
+            else None
+        )
         self.frozen_norms = _frozen_batchnorms(self.model) if cfg.freeze_batchnorm else []
-        per_epoch = steps_per_epoch(task, cfg.batch_size)
         self.total_steps = cfg.epochs * per_epoch
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, schedule_factor(cfg.schedule, cfg.warmup_ratio, self.total_steps)
-        ) if self.optimizer else None
+        self.scheduler = (
+            torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, schedule_factor(cfg.schedule, cfg.warmup_ratio, self.total_steps)
+            )
+            if self.optimizer
+            else None
+        )
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -181,8 +221,9 @@ class _Trial:
     def evaluate(self, step: int) -> float:
         self.model.eval()
         with torch.no_grad(), self.autocast():
-            batches = (move_to(b, self.device) for b in self.task.val_batches(
-                self.cfg.eval_batch_size))
+            batches = (
+                move_to(b, self.device) for b in self.task.val_batches(self.cfg.eval_batch_size)
+            )
             value = float(self.task.evaluate(self.model, batches))
         self.train_mode()
         if not math.isfinite(value):
@@ -232,9 +273,9 @@ class _Trial:
                     break
                 step += 1
                 self.step(batch, step)
-            due = (self.cfg.eval_every and not end_of_epoch and step % self.cfg.eval_every == 0) or (
-                end_of_epoch and not self.cfg.eval_every
-            )
+            every = self.cfg.eval_every
+            # eval_every = 0: once per epoch; otherwise every `every` steps (and once at the end).
+            due = (every and not end_of_epoch and step % every == 0) or (end_of_epoch and not every)
             if due and evaluated_at != step:
                 value = self.evaluate(step)
                 evaluations += 1
@@ -257,7 +298,7 @@ def train_trial(
     seed: int = 0,
     report: Report | None = None,
 ) -> TrainResult:
-    """Train a fresh model of ``task`` with ``sample``'s per-group rates and return its final metric.
+    """Train a fresh model of ``task`` with ``sample``'s per-group rates; return its final metric.
 
     Args:
         task: What to train.
@@ -266,7 +307,8 @@ def train_trial(
         cfg: The ``[train]`` section.
         device: A torch device, ``"auto"`` or ``None`` (CUDA when present).
         seed: Seeds model initialisation and data order.
-        report: Called as ``report(step, value)`` after each evaluation; may raise to stop the trial.
+        report: Called as ``report(step, value)`` after each evaluation; may raise to stop the
+            trial.
 
     Returns:
         The last evaluation's value and what the trial cost.
@@ -297,4 +339,3 @@ def train_trial(
         f"CUDA out of memory at [train] batch_size = {cfg.batch_size}; lower it or use a smaller "
         f"model ({oom})"
     )
-
