@@ -1,6 +1,7 @@
 """Reading finished studies: the studies in a storage, and the best trials of one.
 
-Plain dicts here, so the CLI's ``studies`` and ``best`` stay light; DataFrames come with the trial tables.
+Plain dicts here, so the CLI's ``studies`` and ``best`` stay light; DataFrames come with the trial
+tables.
 """
 
 from __future__ import annotations
@@ -11,23 +12,34 @@ import optuna
 from optuna.trial import TrialState
 
 from lrsearch.errors import LrsearchError
-from lrsearch.search import LRS_ATTR, OUTCOME_ATTR, WD_ATTR
-from lrsearch.storage import SPEC_ATTR, load_study
+
+# Not from lrsearch.search: that imports torch, and `lrsearch best` should start fast.
+from lrsearch.storage import LRS_ATTR, OUTCOME_ATTR, SPEC_ATTR, WD_ATTR, load_study
 
 
 def list_studies(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
-    """One row per study: name, direction, trial counts by outcome, best value, whether lrsearch's."""
+    """One row per study: name, direction, trial counts by outcome, best value, whether lrsearch's.
+
+    A multi-objective study (not lrsearch's, but it may share the database) shows its directions
+    joined by commas and no best value.
+    """
     rows = []
     for s in storage.get_all_studies():
         trials = storage.get_all_trials(s._study_id, deepcopy=False)
         states = [t.state for t in trials]
-        values = [float(t.value) for t in trials if t.state == TrialState.COMPLETE]
-        maximize = s.direction == optuna.study.StudyDirection.MAXIMIZE
-        best = (max(values) if maximize else min(values)) if values else None
+        best = None
+        if len(s.directions) == 1:
+            values = [
+                float(t.value)
+                for t in trials
+                if t.state == TrialState.COMPLETE and t.value is not None
+            ]
+            maximize = s.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+            best = (max(values) if maximize else min(values)) if values else None
         rows.append(
             {
                 "study": s.study_name,
-                "direction": s.direction.name.lower(),
+                "direction": ",".join(d.name.lower() for d in s.directions),
                 "trials": len(trials),
                 "complete": states.count(TrialState.COMPLETE),
                 "pruned": states.count(TrialState.PRUNED),
@@ -68,11 +80,21 @@ def best_trials(
     if top < 1:
         raise LrsearchError(f"--top must be >= 1, got {top}")
     study = load_study(storage, study_name)
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(study.directions) > 1:
+        raise LrsearchError(
+            f"study {study_name!r} has {len(study.directions)} objectives; lrsearch ranks "
+            "single-objective studies only"
+        )
+    complete = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None
+    ]
     if not complete:
         raise LrsearchError(
             f"study {study_name!r} has no complete trial yet; run it with `lrsearch run`"
         )
     sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-    ranked = sorted(complete, key=lambda t: (sign * float(t.value), t.number))  # ties: earliest
+    # Ties go to the earliest trial.
+    ranked = sorted(complete, key=lambda t: (sign * float(t.value or 0.0), t.number))
     return [trial_record(t) for t in ranked[:top]]

@@ -33,8 +33,15 @@ class _Cli(click.Group):
         except LrsearchError as e:
             if ctx.params.get("debug"):
                 raise
-            click.echo(f"lrsearch: error: {e}", err=True)
+            click.echo(f"lrsearch: error: {one_line(str(e))}", err=True)
             ctx.exit(e.exit_code)
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line (an error may quote a task's multi-line exception)."""
+    return (
+        "; ".join(line.strip() for line in message.splitlines() if line.strip()) or "(no message)"
+    )
 
 
 def storage_option(f: F) -> F:
@@ -65,10 +72,18 @@ def main(debug: bool) -> None:
 @click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
 @storage_option
 @click.option("--study", "study", default=None, metavar="NAME", help="Default: [study] name.")
-@click.option("--n-trials", type=click.IntRange(min=1), default=None,
-              help="The study's total budget of finished trials (default: [study] n_trials).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Start no new trial after this many seconds.")
+@click.option(
+    "--n-trials",
+    type=click.IntRange(min=1),
+    default=None,
+    help="The study's total budget of finished trials (default: [study] n_trials).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Start no new trial after this many seconds.",
+)
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
 def run(
     spec_file: Path,
@@ -84,7 +99,11 @@ def run(
 
     spec = load_spec(spec_file)
     bar = _ProgressBar()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        previous: Any = signal.signal(signal.SIGTERM, _raise_interrupt)
+        installed = True
+    except ValueError:  # not the main thread (an embedding app): its own SIGTERM handling stands
+        previous, installed = None, False
     try:
         summary = run_search(
             spec,
@@ -97,7 +116,8 @@ def run(
         )
     finally:
         bar.close()
-        signal.signal(signal.SIGTERM, previous)
+        if installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     click.echo(_summary_text(summary))
     if summary.interrupted:
         click.echo("lrsearch: interrupted; the study is intact, run again to resume", err=True)
@@ -190,7 +210,7 @@ def studies(storage: str | None) -> None:
     from lrsearch.analysis import list_studies
     from lrsearch.storage import open_storage
 
-    rows = list_studies(open_storage(storage))
+    rows = list_studies(open_storage(storage, create=False))
     if not rows:
         click.echo("no studies in this storage")
         return
@@ -208,14 +228,16 @@ def best(study: str, storage: str | None, top: int, fmt: str) -> None:
     from lrsearch.analysis import best_trials
     from lrsearch.storage import open_storage
 
-    records = best_trials(open_storage(storage), study, top=top)
+    records = best_trials(open_storage(storage, create=False), study, top=top)
     if fmt == "json":
         click.echo(json.dumps(records[0] if top == 1 else records, indent=2))
         return
     groups = list(records[0]["lrs"])
     headers = ["trial", "value", *groups]
-    rows = [[r["trial"], r["value"], *[_lr_text(r["lrs"].get(g, math.nan)) for g in groups]]
-            for r in records]
+    rows = [
+        [r["trial"], r["value"], *[_lr_text(r["lrs"].get(g, math.nan)) for g in groups]]
+        for r in records
+    ]
     click.echo(_table(headers, rows))
 
 
@@ -224,15 +246,21 @@ def best(study: str, storage: str | None, top: int, fmt: str) -> None:
 @storage_option
 @click.option("--trial", type=click.IntRange(min=0), default=None, help="Default: the best trial.")
 @click.option("--format", "fmt", type=click.Choice(["json", "python"]), default="json")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write to this file instead of stdout.")
-def export(study: str, storage: str | None, trial: int | None, fmt: str,
-           output: Path | None) -> None:
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to this file instead of stdout.",
+)
+def export(
+    study: str, storage: str | None, trial: int | None, fmt: str, output: Path | None
+) -> None:
     """Export a trial's optimizer config for your own training script."""
     from lrsearch.export import export_config, to_python
     from lrsearch.storage import open_storage
 
-    config = export_config(open_storage(storage), study, trial)
+    config = export_config(open_storage(storage, create=False), study, trial)
     text = json.dumps(config, indent=2) + "\n" if fmt == "json" else to_python(config)
     if output is None:
         click.echo(text, nl=False)

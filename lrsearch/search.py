@@ -11,8 +11,11 @@ diverged      PRUNED          NaN/inf loss; NaN is reported at that step so TPE 
                               among trials that got as far (a FAIL would be ignored by TPE, and
                               it would sample the same cliff again)
 failed        FAIL            out of memory, or the task raised; the reason is stored
-interrupted   FAIL            Ctrl-C / SIGTERM; the study stays intact and can be resumed
+interrupted   FAIL            Ctrl-C / SIGTERM; the study stays intact and can be resumed, and
+                              the trial does not count against the budget
 ============  ==============  ================================================================
+
+A trial that "completes" with a NaN/inf value is diverged too (Optuna refuses to complete it).
 
 Each trial stores its resolved rates in one user attribute (``lrsearch.lrs``) so readers never
 reconstruct them from the sampled parameters.
@@ -34,15 +37,20 @@ from lrsearch.errors import LrsearchError, TaskError, TrialFailure
 from lrsearch.groups import LayerGroups, resolve_groups
 from lrsearch.space import Sample, SearchSpace
 from lrsearch.spec import StudySpec
-from lrsearch.storage import create_or_resume, mask_url, open_storage, resolve_url
+from lrsearch.storage import (  # the attribute names are re-exported: they were defined here first
+    GROUPS_ATTR,
+    LRS_ATTR,
+    OUTCOME_ATTR,
+    REASON_ATTR,
+    WD_ATTR,
+    create_or_resume,
+    mask_url,
+    open_storage,
+    resolve_url,
+)
 from lrsearch.tasks import Task, load_task
 from lrsearch.trainer import TrainResult, resolve_device, resolve_precision, train_trial
 
-LRS_ATTR = "lrsearch.lrs"
-WD_ATTR = "lrsearch.weight_decay"
-OUTCOME_ATTR = "lrsearch.outcome"
-REASON_ATTR = "lrsearch.reason"
-GROUPS_ATTR = "lrsearch.groups"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 TrainFn = Callable[..., TrainResult]
@@ -81,11 +89,17 @@ class SearchSummary:
         return sum(1 for o in self.outcomes if o.outcome == outcome)
 
 
-def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: StudySpec, *, offset: int = 0) -> optuna.samplers.BaseSampler:
     """The study's sampler; TPE is multivariate with group decomposition so that a group's rate is
     modelled only in the trials where that group trained (the freeze choice makes the space
-    conditional)."""
-    seed = spec.study.seed
+    conditional).
+
+    Args:
+        spec: The study's spec; ``[study] seed`` seeds the sampler.
+        offset: Trials the study already has. A resumed seeded study adds it to the seed: the same
+            seed again would sample the same random start-up points as the first run did.
+    """
+    seed = None if spec.study.seed is None else spec.study.seed + offset
     if spec.sampler.kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():
@@ -138,7 +152,14 @@ def prepare(spec: StudySpec, *, device: str | None = None) -> Prepared:
     """
     dev = resolve_device(device)
     resolve_precision(spec.train.precision, dev)
-    task = load_task(spec.task.entry, spec.task.kwargs)
+    try:
+        task = load_task(spec.task.entry, spec.task.kwargs)
+    except LrsearchError:
+        raise
+    except Exception as e:  # the task's own factory raised: a user error, not ours
+        raise TaskError(
+            f"task {spec.task.entry!r} failed to load with kwargs {spec.task.kwargs}: {e!r}"
+        ) from e
     try:
         model = task.build_model()
     except LrsearchError:
@@ -192,11 +213,14 @@ def run_search(
         sampler=make_sampler(spec),
         pruner=make_pruner(spec),
     )
-    if not resumed:
+    trials = study.get_trials(deepcopy=False)
+    if resumed:
+        study.sampler = make_sampler(spec, offset=len(trials))
+    if GROUPS_ATTR not in study.user_attrs:  # also when a first run died right after creating it
         study.set_user_attr(GROUPS_ATTR, {g: list(p) for g, p in prepared.groups.patterns})
     budget = n_trials if n_trials is not None else spec.study.n_trials
     limit = timeout if timeout is not None else spec.study.timeout
-    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    finished = sum(1 for t in trials if _counts(t))
     summary = SearchSummary(
         study=name,
         storage=mask_url(url),
@@ -207,22 +231,40 @@ def run_search(
     )
     start = time.perf_counter()
     dev = resolve_device(device)
+    current: list[optuna.Trial] = []  # the trial in flight, for a Ctrl-C that lands outside it
     try:
         while finished < budget and (limit is None or time.perf_counter() - start < limit):
-            outcome = _run_one(study, prepared, dev, train_fn)
-            finished += 1
+            outcome = _run_one(study, prepared, dev, train_fn, current)
             summary.outcomes.append(outcome)
             if outcome.outcome == "interrupted":
                 summary.interrupted = True
                 break
+            finished += 1
             _update_best(summary, study)
             if on_trial is not None:
                 on_trial(outcome, summary)
+    except KeyboardInterrupt:
+        # Between trials, or while a trial's fate was being stored: no trial stays RUNNING.
+        summary.interrupted = True
+        for trial in current:
+            _fail_if_running(study, trial)
     finally:
         summary.seconds = time.perf_counter() - start
     if summary.best_number is None:
         _update_best(summary, study)
     return summary
+
+
+def _counts(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a stored trial counts against the budget: finished, and not by an interrupt."""
+    return trial.state in FINISHED and trial.user_attrs.get(OUTCOME_ATTR) != "interrupted"
+
+
+def _fail_if_running(study: optuna.Study, trial: optuna.Trial) -> None:
+    if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+        study._storage.set_trial_user_attr(trial._trial_id, OUTCOME_ATTR, "interrupted")
+        study._storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, "interrupted")
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 
 def _update_best(summary: SearchSummary, study: optuna.Study) -> None:
@@ -235,8 +277,16 @@ def _update_best(summary: SearchSummary, study: optuna.Study) -> None:
     summary.best_lrs = dict(best.user_attrs.get(LRS_ATTR, {}))
 
 
-def _run_one(study: optuna.Study, prepared: Prepared, device: Any, train_fn: TrainFn) -> TrialOutcome:
+def _run_one(
+    study: optuna.Study,
+    prepared: Prepared,
+    device: Any,
+    train_fn: TrainFn,
+    current: list[optuna.Trial],
+) -> TrialOutcome:
+    current.clear()
     trial = study.ask()
+    current.append(trial)
     start = time.perf_counter()
     sample: Sample | None = None
     last_step = -1
@@ -248,7 +298,7 @@ def _run_one(study: optuna.Study, prepared: Prepared, device: Any, train_fn: Tra
 
         def report(step: int, value: float) -> None:
             nonlocal last_step
-            last_step = step
+            last_step = max(last_step, step)
             trial.report(value, step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step} (value {value:.4g})")
@@ -265,10 +315,8 @@ def _run_one(study: optuna.Study, prepared: Prepared, device: Any, train_fn: Tra
     except optuna.TrialPruned as e:
         return _finish(study, trial, sample, start, "pruned", reason=str(e) or None)
     except TrialFailure as e:
-        if e.diverged:
-            trial.report(math.nan, last_step + 1)
-            return _finish(study, trial, sample, start, "diverged", reason=e.reason)
-        return _finish(study, trial, sample, start, "failed", reason=e.reason)
+        outcome = "diverged" if e.diverged else "failed"
+        return _finish(study, trial, sample, start, outcome, reason=e.reason, step=last_step + 1)
     except KeyboardInterrupt:
         return _finish(study, trial, sample, start, "interrupted", reason="interrupted")
     except LrsearchError as e:
@@ -281,7 +329,7 @@ def _run_one(study: optuna.Study, prepared: Prepared, device: Any, train_fn: Tra
             f"trial {trial.number} failed in the task's code ({reason}); the trial is stored as "
             "failed and the study kept; fix the task (--debug shows the traceback) and run again"
         ) from e
-    return _finish(study, trial, sample, start, "complete", value=result.value)
+    return _finish(study, trial, sample, start, "complete", value=result.value, step=last_step + 1)
 
 
 def _finish(
@@ -293,8 +341,23 @@ def _finish(
     *,
     value: float | None = None,
     reason: str | None = None,
+    step: int = 0,
 ) -> TrialOutcome:
-    """Tell Optuna the trial's fate; the one place that decides it."""
+    """Tell Optuna the trial's fate; the one place that decides it.
+
+    ``step`` is where a diverged trial's NaN is reported: one past its last report.
+    """
+    if outcome == "complete":
+        try:
+            value = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            outcome, reason = "failed", f"the trainer returned {value!r}, not a number"
+            value = None
+        else:
+            if not math.isfinite(value):
+                # Optuna refuses to complete a trial with NaN/inf: a divergence the trainer missed.
+                outcome, reason = "diverged", f"diverged: final value is {value}"
+                value = None
     state = {
         "complete": TrialState.COMPLETE,
         "pruned": TrialState.PRUNED,
@@ -306,7 +369,13 @@ def _finish(
         trial.set_user_attr(OUTCOME_ATTR, outcome)
     if reason and outcome != "pruned":
         trial.set_user_attr(REASON_ATTR, reason)
-    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    if outcome == "diverged":
+        # NaN as the last intermediate value: TPE ranks it worst among trials that got as far.
+        trial.report(math.nan, step)
+    # skip_if_finished: a trial failed behind our back (a heartbeat sweep) must not crash the run.
+    study.tell(
+        trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True
+    )
     return TrialOutcome(
         number=trial.number,
         outcome=outcome,

@@ -144,7 +144,7 @@ def load_task(entry: str, kwargs: dict[str, Any] | None = None) -> Task:
         raise TaskError(
             f"task {entry!r} has direction {task.direction!r}; it must be 'maximize' or 'minimize'"
         )
-    return task  # type: ignore[no-any-return]
+    return task
 
 
 def move_to(batch: Batch, device: torch.device) -> Batch:

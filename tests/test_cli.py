@@ -1,0 +1,319 @@
+"""The ``lrsearch`` command, in-process with click's CliRunner, and once end to end as users run it.
+
+Click 8.2+ keeps stderr apart: ``result.stdout`` is what a pipe would read, ``result.stderr`` the
+messages. A study run once per module (real toy training) serves the read-only commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from click.testing import CliRunner, Result
+from conftest import RUN_PREFIX, TESTS_DIR, to_toml, toy_spec_data
+from toy_tasks import ToyNet
+
+from lrsearch.cli import main, one_line
+from lrsearch.errors import StudyNotFoundError
+from lrsearch.search import LRS_ATTR, OUTCOME_ATTR
+from lrsearch.storage import open_storage
+
+GROUPS = ["embed", "body", "head"]
+SpecWriter = Callable[..., Path]
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=True)
+
+
+def error_line(result: Result) -> str:
+    """The one error line of a failed command (asserting there is exactly one)."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("lrsearch: error: ")
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+class Finished:
+    """A study run once for the module's read-only tests."""
+
+    def __init__(self, url: str, name: str, result: Result) -> None:
+        self.url, self.name, self.result = url, name, result
+
+    @property
+    def study(self) -> optuna.Study:
+        return optuna.load_study(study_name=self.name, storage=open_storage(self.url))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Finished:
+    folder = tmp_path_factory.mktemp("cli")
+    name = f"{RUN_PREFIX}cli-module"
+    spec = folder / "study.toml"
+    spec.write_text(to_toml(toy_spec_data(name, study={"n_trials": 4})), encoding="utf-8")
+    url = f"sqlite:///{folder / 'studies.db'}"
+    result = invoke("run", str(spec), "--storage", url, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    return Finished(url, name, result)
+
+
+def test_run_prints_a_summary_with_the_best_trial(finished: Finished) -> None:
+    out = finished.result.stdout
+    best = finished.study.best_trial
+    assert f"study {finished.name!r} in sqlite:///" in out
+    assert "this run: 4 trial(s)" in out and "4 complete" in out
+    assert f"best: trial {best.number}, value {best.value:.4g}" in out
+    table = out[out.index("group") :].splitlines()
+    assert table[0].split() == ["group", "lr"]
+    rows = {line.split()[0]: line.split()[1] for line in table[2:]}
+    assert list(rows) == GROUPS
+    for group, lr in best.user_attrs[LRS_ATTR].items():
+        assert rows[group] == ("frozen" if lr == 0 else f"{lr:.3g}")
+
+
+def test_run_again_runs_nothing_and_says_why(finished: Finished, make_spec: SpecWriter) -> None:
+    spec = make_spec(finished.name, study={"n_trials": 4})
+    result = invoke("run", str(spec), "--storage", finished.url, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "this run: 0 trial(s)" in result.stdout
+    assert "already has 4 finished trial(s), its budget is 4" in result.stdout
+    assert len(finished.study.trials) == 4
+
+
+def test_studies_lists_the_study(finished: Finished) -> None:
+    result = invoke("studies", "--storage", finished.url)
+    assert result.exit_code == 0, result.output
+    header, rule, *rows = result.stdout.strip().splitlines()
+    assert header.split() == [
+        "study", "direction", "trials", "complete", "pruned", "failed", "running", "best",
+    ]  # fmt: skip
+    assert set(rule) <= {"-", " "}
+    row = next(r.split() for r in rows if r.split()[0] == finished.name)
+    assert row[1:7] == ["maximize", "4", "4", "0", "0", "0"]
+    assert float(row[7]) == pytest.approx(finished.study.best_value, abs=1e-3)
+
+
+def test_best_table(finished: Finished) -> None:
+    result = invoke("best", "--study", finished.name, "--storage", finished.url)
+    assert result.exit_code == 0, result.output
+    header, _, row = result.stdout.strip().splitlines()
+    assert header.split() == ["trial", "value", *GROUPS]
+    assert int(row.split()[0]) == finished.study.best_trial.number
+
+
+def test_best_json_is_one_object(finished: Finished) -> None:
+    result = invoke("best", "--study", finished.name, "--storage", finished.url, "--format", "json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    best = finished.study.best_trial
+    assert isinstance(record, dict)
+    assert (record["trial"], record["value"]) == (best.number, best.value)
+    assert record["lrs"] == best.user_attrs[LRS_ATTR]
+    assert list(record["lrs"]) == GROUPS
+
+
+@pytest.mark.parametrize("top", [2, 3])
+def test_best_top(finished: Finished, top: int) -> None:
+    args = ("best", "--study", finished.name, "--storage", finished.url, "--top", str(top))
+    records = json.loads(invoke(*args, "--format", "json").stdout)
+    values = sorted((t.value for t in finished.study.trials), reverse=True)
+    assert [r["value"] for r in records] == values[:top]
+    table = invoke(*args)
+    assert len(table.stdout.strip().splitlines()) == 2 + top
+
+
+def test_export_json_and_file(finished: Finished, tmp_path: Path) -> None:
+    base = ("export", "--study", finished.name, "--storage", finished.url)
+    result = invoke(*base)
+    assert result.exit_code == 0, result.output
+    config = json.loads(result.stdout)
+    assert config["schema"] == "lrsearch/optimizer-config/v1"
+    assert config["trial"] == finished.study.best_trial.number
+    assert [g["name"] for g in config["groups"]] == GROUPS
+
+    out = tmp_path / "best.json"
+    written = invoke(*base, "-o", str(out))
+    assert written.exit_code == 0, written.output
+    assert written.stdout == ""
+    assert f"wrote {out}" in written.stderr
+    assert json.loads(out.read_text(encoding="utf-8")) == config
+
+    other = next(t.number for t in finished.study.trials if t.number != config["trial"])
+    picked = json.loads(invoke(*base, "--trial", str(other)).stdout)
+    assert picked["trial"] == other
+
+
+def test_export_python_builds_the_same_optimizer(finished: Finished) -> None:
+    base = ("export", "--study", finished.name, "--storage", finished.url)
+    text = invoke(*base, "--format", "python").stdout
+    config = json.loads(invoke(*base).stdout)
+    namespace: dict[str, Any] = {}
+    exec(compile(text, "best_optimizer.py", "exec"), namespace)
+    model = ToyNet()
+    optimizer = namespace["build_optimizer"](model)
+    trained = {g["name"]: g["lr"] for g in config["groups"] if not g["frozen"]}
+    assert {g["name"]: g["lr"] for g in optimizer.param_groups} == trained
+    for g in config["groups"]:
+        assert getattr(model, g["name"]).weight.requires_grad == (not g["frozen"])
+
+
+def test_export_to_a_missing_folder_is_one_line(finished: Finished, tmp_path: Path) -> None:
+    out = tmp_path / "no" / "such" / "best.json"
+    result = invoke("export", "--study", finished.name, "--storage", finished.url, "-o", str(out))
+    assert result.exit_code == 1
+    assert "cannot write" in error_line(result)
+
+
+def test_storage_comes_from_the_environment(finished: Finished) -> None:
+    result = invoke("studies", env={"LRSEARCH_STORAGE": finished.url})
+    assert result.exit_code == 0, result.output
+    assert finished.name in result.stdout
+
+
+def test_readers_do_not_create_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "typo.db"
+    result = invoke("studies", "--storage", f"sqlite:///{path}")
+    assert result.exit_code == 1
+    assert "no database file" in error_line(result)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "ours"),
+    [
+        (["--version"], 0, False),
+        (["best", "--study", "x", "--bogus"], 2, False),  # click's usage errors
+        (["run"], 2, False),
+        (["run", "{tmp}/missing.toml"], 2, True),  # SpecError
+        (["best", "--study", "nope", "--storage", "{url}"], 1, True),  # no such study
+        (["studies", "--storage", "oracle://db"], 1, True),  # StorageError
+    ],
+)
+def test_exit_codes(
+    finished: Finished, tmp_path: Path, args: list[str], code: int, ours: bool
+) -> None:
+    result = invoke(*[a.format(tmp=tmp_path, url=finished.url) for a in args])
+    assert result.exit_code == code, result.output
+    if ours:
+        error_line(result)
+    assert "Traceback" not in result.output
+
+
+def test_debug_raises_where_the_default_prints_one_line(finished: Finished) -> None:
+    args = ("best", "--study", "absent", "--storage", finished.url)
+    quiet = invoke(*args)
+    assert quiet.exit_code == 1 and isinstance(quiet.exception, SystemExit)
+    assert "no study named 'absent'" in error_line(quiet)
+    loud = invoke("--debug", *args)
+    assert isinstance(loud.exception, StudyNotFoundError)
+    assert loud.exc_info is not None and loud.exc_info[2] is not None  # the traceback
+    assert "lrsearch: error:" not in loud.stderr
+
+
+def test_ctrl_c_exits_130_with_the_study_intact(
+    sqlite_url: str, study_name: str, make_spec: SpecWriter
+) -> None:
+    spec = make_spec(study_name, task={"entry": "toy_tasks:interrupting"})
+    result = invoke("run", str(spec), "--storage", sqlite_url, "--device", "cpu")
+    assert result.exit_code == 130, result.output
+    assert "1 interrupted" in result.stdout
+    assert "interrupted; the study is intact" in result.stderr
+    (trial,) = optuna.load_study(study_name=study_name, storage=open_storage(sqlite_url)).trials
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert trial.user_attrs[OUTCOME_ATTR] == "interrupted"
+
+
+def test_a_task_bug_is_one_line_even_when_its_message_is_not(
+    sqlite_url: str, study_name: str, make_spec: SpecWriter
+) -> None:
+    spec = make_spec(study_name, task={"entry": "toy_tasks:buggy"})
+    result = invoke("run", str(spec), "--storage", sqlite_url, "--device", "cpu")
+    assert result.exit_code == 1
+    line = error_line(result)
+    assert "ValueError: shapes do not match:; got (2, 3); want (3, 2)" in line
+    assert "trial 0 failed in the task's code" in line
+
+
+def test_the_default_device_runs(sqlite_url: str, study_name: str, make_spec: SpecWriter) -> None:
+    spec = make_spec(study_name, study={"n_trials": 1})
+    result = invoke("run", str(spec), "--storage", sqlite_url)
+    assert result.exit_code == 0, result.output
+
+
+def _console_script() -> Path:
+    script = Path(sys.executable).with_name("lrsearch")
+    if not script.exists():
+        pytest.skip("the lrsearch console script is not installed beside this Python")
+    return script
+
+
+def test_end_to_end_as_a_user_runs_it(tmp_path: Path, study_name: str) -> None:
+    lrsearch = str(_console_script())
+    # The toy task must import in the child as it does here.
+    paths = [str(TESTS_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    env.pop("LRSEARCH_STORAGE", None)
+    spec = tmp_path / "toy.toml"
+    spec.write_text(to_toml(toy_spec_data(study_name)), encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'e2e.db'}"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [lrsearch, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+        )
+
+    ran = run("run", str(spec), "--storage", url, "--device", "cpu")
+    assert ran.returncode == 0, ran.stderr
+    assert "best: trial" in ran.stdout
+
+    best = run("best", "--study", study_name, "--storage", url, "--format", "json")
+    assert best.returncode == 0, best.stderr
+    record = json.loads(best.stdout)
+    study = optuna.load_study(study_name=study_name, storage=open_storage(url))
+    assert len(study.trials) == 3
+    assert (record["trial"], record["value"]) == (study.best_trial.number, study.best_value)
+    assert list(record["lrs"]) == GROUPS
+
+    # (the one-line default is checked in-process above)
+    loud = run("--debug", "best", "--study", "absent", "--storage", url)
+    assert loud.returncode == 1
+    assert "Traceback (most recent call last)" in loud.stderr
+    assert "StudyNotFoundError" in loud.stderr
+
+
+def test_a_foreign_multi_objective_study_does_not_break_the_readers(
+    sqlite_url: str, study_name: str
+) -> None:
+    study = optuna.create_study(
+        study_name=study_name, storage=open_storage(sqlite_url), directions=["minimize", "maximize"]
+    )
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), 1.0), n_trials=2)
+    listed = invoke("studies", "--storage", sqlite_url)
+    assert listed.exit_code == 0, listed.output
+    row = next(r.split() for r in listed.stdout.splitlines() if r.startswith(study_name))
+    assert row[1:4] == ["minimize,maximize", "2", "2"]
+    assert row[-1] == "-"  # no single best value
+    best = invoke("best", "--study", study_name, "--storage", sqlite_url)
+    assert best.exit_code == 1
+    assert "has 2 objectives" in error_line(best)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("plain", "plain"),
+        ("first\nsecond", "first; second"),
+        ("  padded \n\n  lines  \n", "padded; lines"),
+        ("", "(no message)"),
+    ],
+)
+def test_one_line(message: str, expected: str) -> None:
+    assert one_line(message) == expected

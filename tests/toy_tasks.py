@@ -1,0 +1,89 @@
+"""Tiny, fast toy tasks for tests, named in study files as ``"toy_tasks:NAME"``.
+
+``tests/`` is on ``sys.path`` for in-process runs (conftest.py); subprocess runs set ``PYTHONPATH``.
+Every model starts from the same weights (a fixed seed stands in for "pretrained"), so trials differ
+only by their rates and data order. The toy model has three groups: ``embed``, ``body``, ``head``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from lrsearch.tasks import TensorClassificationTask
+
+GROUPS = {"embed": ["embed"], "body": ["body"], "head": ["head"]}
+N_FEATURES = 4
+
+
+class ToyNet(nn.Module):
+    """Three linear layers, one per group."""
+
+    def __init__(self, hidden: int = 8, n_classes: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Linear(N_FEATURES, hidden)
+        self.body = nn.Linear(hidden, hidden)
+        self.head = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.body(torch.relu(self.embed(x)))))
+
+
+def _model_fn(hidden: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234)
+        return ToyNet(hidden)
+
+
+def _data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, N_FEATURES, generator=g)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()  # linearly separable: a good rate learns it fast
+    return x, y
+
+
+def tiny(
+    n_train: int = 64, n_val: int = 64, hidden: int = 8, seed: int = 0
+) -> TensorClassificationTask:
+    """A two-class problem a few steps of training learn; accuracy, maximized."""
+    x_train, y_train = _data(n_train, seed)
+    x_val, y_val = _data(n_val, seed + 1)
+    return TensorClassificationTask(lambda: _model_fn(hidden), x_train, y_train, x_val, y_val)
+
+
+class _RaisingTask(TensorClassificationTask):
+    """``tiny``, whose loss raises ``error`` on the first call."""
+
+    error: BaseException
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        raise self.error
+
+
+def _raising(error: BaseException) -> TensorClassificationTask:
+    base = tiny()
+    task = _RaisingTask(base.model_fn, base.x_train, base.y_train, base.x_val, base.y_val)
+    task.error = error
+    return task
+
+
+def interrupting() -> TensorClassificationTask:
+    """``tiny``, whose training is interrupted at its first step as by Ctrl-C."""
+    return _raising(KeyboardInterrupt())
+
+
+def buggy() -> TensorClassificationTask:
+    """``tiny`` with a bug in its loss whose message spans several lines."""
+    return _raising(ValueError("shapes do not match:\n  got (2, 3)\n  want (3, 2)"))
+
+
+def exploding_factory() -> TensorClassificationTask:
+    """A factory that fails the way user code does (not with a TypeError)."""
+    raise RuntimeError("dataset folder /nonexistent is missing")
+
+
+def not_a_task() -> object:
+    """Returns something that is not a task."""
+    return object()
