@@ -1,7 +1,7 @@
 """lrsearch: search per-group learning rates (and freezing) for fine-tuning PyTorch models.
 
-Public names are imported on first use, so ``import lrsearch`` (and the CLI's start) does not pay for
-torch and Optuna until something needs them.
+Public names are imported on first use, so ``import lrsearch`` (and the CLI's start) does not pay
+for torch and Optuna until something needs them.
 
 Example:
     >>> import lrsearch
@@ -48,7 +48,39 @@ _EXPORTS = {
     "to_python": "export",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = [
+    "ExportError",
+    "GroupError",
+    "LayerGroups",
+    "LrsearchError",
+    "Sample",
+    "SearchSpace",
+    "SearchSummary",
+    "SpecError",
+    "StorageError",
+    "StudyMismatchError",
+    "StudyNotFoundError",
+    "StudySpec",
+    "Task",
+    "TaskError",
+    "TensorClassificationTask",
+    "TrainResult",
+    "TrialOutcome",
+    "__version__",
+    "build_optimizer",
+    "build_param_groups",
+    "export_config",
+    "load_config",
+    "load_spec",
+    "load_task",
+    "make_optimizer",
+    "mask_url",
+    "open_storage",
+    "resolve_groups",
+    "run_search",
+    "to_python",
+    "train_trial",
+]
 
 
 def __getattr__(name: str) -> Any:

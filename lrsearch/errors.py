@@ -1,7 +1,7 @@
 """Errors a user can fix.
 
-Every error lrsearch raises on purpose derives from :class:`LrsearchError`; the CLI turns them into one
-line on stderr and a non-zero exit. Anything else escaping is a bug.
+Every error lrsearch raises on purpose derives from :class:`LrsearchError`; the CLI turns them into
+one line on stderr and a non-zero exit. Anything else escaping is a bug.
 """
 
 from __future__ import annotations

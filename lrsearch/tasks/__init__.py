@@ -1,8 +1,9 @@
 """The ``Task`` protocol and how a task is named in a study file.
 
-A task is what a trial trains: a fresh model (pretrained weights loaded), one epoch of training batches, the
-validation batches, a loss, and a metric with its direction. A study file names a task as
-``"package.module:function"``; the function is called with the file's ``[task] kwargs`` and returns a task.
+A task is what a trial trains: a fresh model (pretrained weights loaded), one epoch of training
+batches, the validation batches, a loss, and a metric with its direction. A study file names a
+task as ``"package.module:function"``; the function is called with the file's ``[task] kwargs`` and returns
+a task.
 
 Example:
     >>> task = load_task("lrsearch.tasks.digits:digits_transfer", {"n_train": 200})
