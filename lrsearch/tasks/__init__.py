@@ -2,8 +2,8 @@
 
 A task is what a trial trains: a fresh model (pretrained weights loaded), one epoch of training
 batches, the validation batches, a loss, and a metric with its direction. A study file names a
-task as ``"package.module:function"``; the function is called with the file's ``[task] kwargs`` and returns
-a task.
+task as ``"package.module:function"``; the function is called with the file's ``[task] kwargs``
+and returns a task.
 
 Example:
     >>> task = load_task("lrsearch.tasks.digits:digits_transfer", {"n_train": 200})
