@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from lrsearch.errors import LrsearchError
 
 # Not from lrsearch.search: that imports torch, and `lrsearch best` should start fast.
-from lrsearch.storage import LRS_ATTR, OUTCOME_ATTR, SPEC_ATTR, WD_ATTR, load_study
+from lrsearch.storage import OUTCOME_ATTR, SPEC_ATTR, load_study, trial_info
 
 
 def list_studies(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
@@ -54,7 +54,8 @@ def list_studies(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
 
 def trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """A trial as plain data: number, state, value, per-group rates, frozen groups, duration."""
-    lrs: dict[str, float] = dict(trial.user_attrs.get(LRS_ATTR, {}))
+    info = trial_info(trial)
+    lrs: dict[str, float] = info["lrs"]
     outcome = trial.user_attrs.get(OUTCOME_ATTR) or trial.state.name.lower()
     return {
         "trial": trial.number,
@@ -62,7 +63,8 @@ def trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "value": trial.value,
         "lrs": lrs,
         "frozen": [g for g, lr in lrs.items() if lr == 0],
-        "weight_decay": trial.user_attrs.get(WD_ATTR),
+        "weight_decay": info["weight_decay"],
+        "host": info["host"],
         "seconds": trial.duration.total_seconds() if trial.duration else None,
         "params": dict(trial.params),
     }

@@ -25,8 +25,7 @@ from torch import nn
 
 from lrsearch.errors import ExportError, GroupError
 from lrsearch.groups import build_param_groups, make_optimizer, resolve_groups
-from lrsearch.search import GROUPS_ATTR, LRS_ATTR, WD_ATTR
-from lrsearch.storage import load_study, stored_spec
+from lrsearch.storage import GROUPS_ATTR, load_study, stored_spec, trial_info
 
 SCHEMA = "lrsearch/optimizer-config/v1"
 _OPTIMIZER_NAMES = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD"}
@@ -71,7 +70,8 @@ def export_config(
     study = load_study(storage, study_name)
     spec = stored_spec(study)
     chosen = pick_trial(study, trial)
-    lrs: dict[str, float] = chosen.user_attrs.get(LRS_ATTR, {})
+    info = trial_info(chosen)
+    lrs: dict[str, float] = info["lrs"]
     patterns: dict[str, list[str]] = study.user_attrs.get(GROUPS_ATTR) or {
         g: list(p) for g, p in spec.groups.patterns
     }
@@ -82,8 +82,8 @@ def export_config(
             f"{missing or list(patterns)}; it was not run by lrsearch"
         )
     kwargs: dict[str, Any] = {}
-    if WD_ATTR in chosen.user_attrs:
-        kwargs["weight_decay"] = chosen.user_attrs[WD_ATTR]
+    if info["weight_decay"] is not None:
+        kwargs["weight_decay"] = info["weight_decay"]
     if spec.train.optimizer == "sgd":
         kwargs["momentum"] = spec.train.momentum
     return {

@@ -17,13 +17,14 @@ interrupted   FAIL            Ctrl-C / SIGTERM; the study stays intact and can b
 
 A trial that "completes" with a NaN/inf value is diverged too (Optuna refuses to complete it).
 
-Each trial stores its resolved rates in one user attribute (``lrsearch.lrs``) so readers never
+Each trial stores its resolved rates in one user attribute (``lrsearch.trial``) so readers never
 reconstruct them from the sampled parameters.
 """
 
 from __future__ import annotations
 
 import math
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -33,24 +34,30 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+try:  # private but stable since Optuna 3; the dependency is pinned below 6
+    from optuna.study._tell import _tell_with_warning
+except ImportError:  # pragma: no cover
+    _tell_with_warning = None  # type: ignore[assignment]
+
 from lrsearch.errors import LrsearchError, TaskError, TrialFailure
 from lrsearch.groups import LayerGroups, resolve_groups
 from lrsearch.space import Sample, SearchSpace
 from lrsearch.spec import StudySpec
 from lrsearch.storage import (  # the attribute names are re-exported: they were defined here first
     GROUPS_ATTR,
-    LRS_ATTR,
     OUTCOME_ATTR,
     REASON_ATTR,
-    WD_ATTR,
+    TRIAL_ATTR,
     create_or_resume,
     mask_url,
     open_storage,
     resolve_url,
+    trial_lrs,
 )
 from lrsearch.tasks import Task, load_task
 from lrsearch.trainer import TrainResult, resolve_device, resolve_precision, train_trial
 
+_HOST = socket.gethostname()
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 TrainFn = Callable[..., TrainResult]
@@ -229,6 +236,7 @@ def run_search(
         resumed=resumed,
         already_finished=finished,
     )
+    _update_best(summary, study)  # once here, then from this run's own results: no query per trial
     start = time.perf_counter()
     dev = resolve_device(device)
     current: list[optuna.Trial] = []  # the trial in flight, for a Ctrl-C that lands outside it
@@ -240,7 +248,8 @@ def run_search(
                 summary.interrupted = True
                 break
             finished += 1
-            _update_best(summary, study)
+            if outcome.outcome == "complete":
+                _note_best(summary, outcome)
             if on_trial is not None:
                 on_trial(outcome, summary)
     except KeyboardInterrupt:
@@ -250,8 +259,7 @@ def run_search(
             _fail_if_running(study, trial)
     finally:
         summary.seconds = time.perf_counter() - start
-    if summary.best_number is None:
-        _update_best(summary, study)
+    _update_best(summary, study)  # other workers may have found better meanwhile
     return summary
 
 
@@ -274,7 +282,36 @@ def _update_best(summary: SearchSummary, study: optuna.Study) -> None:
         return
     summary.best_number = best.number
     summary.best_value = best.value
-    summary.best_lrs = dict(best.user_attrs.get(LRS_ATTR, {}))
+    summary.best_lrs = trial_lrs(best)
+
+
+def _note_best(summary: SearchSummary, outcome: TrialOutcome) -> None:
+    assert outcome.value is not None
+    sign = 1.0 if summary.direction == "maximize" else -1.0
+    if summary.best_value is None or sign * (outcome.value - summary.best_value) > 0:
+        summary.best_number = outcome.number
+        summary.best_value = outcome.value
+        summary.best_lrs = dict(outcome.lrs)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState) -> None:
+    """``study.tell`` without reading the finished trial back (what ``optimize`` does internally).
+
+    ``study.tell`` re-reads and deep-copies the trial it just stored; that round trip alone is
+    several percent of a trivial trial's cost. ``skip_if_finished``: a trial failed behind our back
+    (a heartbeat sweep) must not crash the run.
+    """
+    if _tell_with_warning is None:  # pragma: no cover - a future Optuna without the helper
+        study.tell(trial, value, state=state, skip_if_finished=True)
+        return
+    _tell_with_warning(
+        study=study,
+        trial=trial,
+        value_or_values=value,
+        state=state,
+        skip_if_finished=True,
+        suppress_warning=True,
+    )
 
 
 def _run_one(
@@ -292,9 +329,10 @@ def _run_one(
     last_step = -1
     try:
         sample = prepared.space.sample(trial)
-        trial.set_user_attr(LRS_ATTR, sample.lrs)
-        if sample.weight_decay is not None:
-            trial.set_user_attr(WD_ATTR, sample.weight_decay)
+        trial.set_user_attr(
+            TRIAL_ATTR,
+            {"lrs": sample.lrs, "weight_decay": sample.weight_decay, "host": _HOST},
+        )
 
         def report(step: int, value: float) -> None:
             nonlocal last_step
@@ -372,10 +410,7 @@ def _finish(
     if outcome == "diverged":
         # NaN as the last intermediate value: TPE ranks it worst among trials that got as far.
         trial.report(math.nan, step)
-    # skip_if_finished: a trial failed behind our back (a heartbeat sweep) must not crash the run.
-    study.tell(
-        trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True
-    )
+    _tell(study, trial, value if state == TrialState.COMPLETE else None, state)
     return TrialOutcome(
         number=trial.number,
         outcome=outcome,

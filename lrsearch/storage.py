@@ -39,8 +39,9 @@ DEFAULT_URL = "sqlite:///lrsearch.db"
 SPEC_ATTR = "lrsearch.spec"
 # Where lrsearch keeps what readers need (here, so that readers need not import torch):
 GROUPS_ATTR = "lrsearch.groups"  # study: {group: [pattern, ...]}, in order
-LRS_ATTR = "lrsearch.lrs"  # trial: {group: lr} for every group, 0.0 = frozen
-WD_ATTR = "lrsearch.weight_decay"  # trial: the weight decay, when set
+# trial: {"lrs": {group: lr} for every group (0.0 = frozen), "weight_decay": float | None,
+# "host": the worker's host name}; one attribute, so a trial costs one extra write, not three.
+TRIAL_ATTR = "lrsearch.trial"
 OUTCOME_ATTR = "lrsearch.outcome"  # trial: pruned | diverged | failed | interrupted
 REASON_ATTR = "lrsearch.reason"  # trial: why it diverged or failed
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -299,3 +300,17 @@ def _diff(old: Any, new: Any, path: str = "") -> list[str]:
                 out.extend(_diff(old[key], new[key], sub))
         return out
     return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+
+
+def trial_lrs(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
+    """The resolved ``{group: lr}`` a trial trained with (0.0 = frozen); empty if it has none."""
+    return dict(trial.user_attrs.get(TRIAL_ATTR, {}).get("lrs", {}))
+
+
+def trial_info(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """Everything lrsearch stored about a trial when it started: lrs, weight_decay, host."""
+    info = dict(trial.user_attrs.get(TRIAL_ATTR, {}))
+    info.setdefault("lrs", {})
+    info.setdefault("weight_decay", None)
+    info.setdefault("host", None)
+    return info

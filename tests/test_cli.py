@@ -22,8 +22,8 @@ from toy_tasks import ToyNet
 
 from lrsearch.cli import main, one_line
 from lrsearch.errors import StudyNotFoundError
-from lrsearch.search import LRS_ATTR, OUTCOME_ATTR
-from lrsearch.storage import open_storage
+from lrsearch.search import OUTCOME_ATTR
+from lrsearch.storage import open_storage, trial_lrs
 
 GROUPS = ["embed", "body", "head"]
 SpecWriter = Callable[..., Path]
@@ -75,7 +75,7 @@ def test_run_prints_a_summary_with_the_best_trial(finished: Finished) -> None:
     assert table[0].split() == ["group", "lr"]
     rows = {line.split()[0]: line.split()[1] for line in table[2:]}
     assert list(rows) == GROUPS
-    for group, lr in best.user_attrs[LRS_ATTR].items():
+    for group, lr in trial_lrs(best).items():
         assert rows[group] == ("frozen" if lr == 0 else f"{lr:.3g}")
 
 
@@ -116,7 +116,7 @@ def test_best_json_is_one_object(finished: Finished) -> None:
     best = finished.study.best_trial
     assert isinstance(record, dict)
     assert (record["trial"], record["value"]) == (best.number, best.value)
-    assert record["lrs"] == best.user_attrs[LRS_ATTR]
+    assert record["lrs"] == trial_lrs(best)
     assert list(record["lrs"]) == GROUPS
 
 

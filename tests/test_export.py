@@ -19,9 +19,9 @@ from torch import nn
 
 from lrsearch.errors import ExportError, StudyNotFoundError, TrialFailure
 from lrsearch.export import SCHEMA, build_optimizer, export_config, load_config, to_python
-from lrsearch.search import LRS_ATTR, run_search
+from lrsearch.search import run_search
 from lrsearch.spec import StudySpec
-from lrsearch.storage import open_storage
+from lrsearch.storage import open_storage, trial_lrs
 from lrsearch.tasks import TensorClassificationTask, load_task
 from lrsearch.trainer import TrainResult, train_trial
 
@@ -109,7 +109,7 @@ def test_export_config_of_the_best_trial(study: optuna.Study, storage: Any) -> N
     assert (config["study"], config["trial"], config["value"]) == (STUDY, best.number, best.value)
     assert config["direction"] == "maximize"
     assert config["optimizer"] == {"name": "SGD", "kwargs": {"weight_decay": 0.01, "momentum": 0.9}}
-    stored = best.user_attrs[LRS_ATTR]
+    stored = trial_lrs(best)
     assert [(g["name"], g["match"], g["lr"], g["frozen"]) for g in config["groups"]] == [
         ("body", ["0", "1"], 0.0, True),
         ("mid", ["3"], stored["mid"], stored["mid"] == 0),
@@ -149,7 +149,7 @@ def test_build_optimizer_reproduces_every_complete_trial(
         path.write_text(json.dumps(config, indent=2), encoding="utf-8")
         model = toy_model()
         opt = build_optimizer(model, path if via == "path" else config)
-        _check_optimizer(model, opt, trial.user_attrs[LRS_ATTR])
+        _check_optimizer(model, opt, trial_lrs(trial))
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,6 @@ from lrsearch.errors import LrsearchError, TaskError, TrialFailure
 from lrsearch.groups import LayerGroups
 from lrsearch.search import (
     GROUPS_ATTR,
-    LRS_ATTR,
     OUTCOME_ATTR,
     REASON_ATTR,
     SearchSummary,
@@ -31,7 +30,7 @@ from lrsearch.search import (
 )
 from lrsearch.space import Sample
 from lrsearch.spec import StudySpec, TrainSection
-from lrsearch.storage import create_or_resume, open_storage
+from lrsearch.storage import create_or_resume, open_storage, trial_lrs
 from lrsearch.tasks import Task
 from lrsearch.trainer import TrainResult
 
@@ -122,10 +121,10 @@ def test_every_trial_stores_every_groups_rate(
     script = Script(["complete"] * 6)
     run_search(spec, storage=storage_url, n_trials=6, device="cpu", train_fn=script)
     trials = _trials(storage_url, study_name)
-    assert [t.user_attrs[LRS_ATTR] for t in trials] == [s.lrs for s in script.samples]
+    assert [trial_lrs(t) for t in trials] == [s.lrs for s in script.samples]
     frozen_embed = 0
     for t in trials:
-        lrs = t.user_attrs[LRS_ATTR]
+        lrs = trial_lrs(t)
         assert list(lrs) == ["embed", "body", "head"]
         assert lrs["body"] == 0.0  # fixed at 0: frozen for good
         assert lrs["head"] == t.params["lr.head"]
