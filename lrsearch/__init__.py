@@ -42,10 +42,13 @@ _EXPORTS = {
     "SearchSummary": "search",
     "TrialOutcome": "search",
     "run_search": "search",
+    "run_worker": "search",
+    "load_trials": "analysis",
     "export_config": "export",
     "load_config": "export",
     "build_optimizer": "export",
     "to_python": "export",
+    "verify_trial": "verify",
 }
 
 __all__ = [
@@ -73,13 +76,16 @@ __all__ = [
     "load_config",
     "load_spec",
     "load_task",
+    "load_trials",
     "make_optimizer",
     "mask_url",
     "open_storage",
     "resolve_groups",
     "run_search",
+    "run_worker",
     "to_python",
     "train_trial",
+    "verify_trial",
 ]
 
 
@@ -109,9 +115,11 @@ if TYPE_CHECKING:
     )
     from lrsearch.export import build_optimizer, export_config, load_config, to_python
     from lrsearch.groups import LayerGroups, build_param_groups, make_optimizer, resolve_groups
-    from lrsearch.search import SearchSummary, TrialOutcome, run_search
+    from lrsearch.analysis import load_trials
+    from lrsearch.search import SearchSummary, TrialOutcome, run_search, run_worker
     from lrsearch.space import Sample, SearchSpace
     from lrsearch.spec import StudySpec, load_spec
     from lrsearch.storage import mask_url, open_storage
     from lrsearch.tasks import Task, TensorClassificationTask, load_task
     from lrsearch.trainer import TrainResult, train_trial
+    from lrsearch.verify import verify_trial

@@ -6,6 +6,7 @@ Library errors (``LrsearchError``) become one line on stderr and a non-zero exit
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import signal
@@ -45,12 +46,30 @@ def one_line(message: str) -> str:
 
 
 def storage_option(f: F) -> F:
-    return click.option(
+    """``--storage URL`` and ``--storage-file PATH``; the command gets one ``storage`` (or None)."""
+
+    @functools.wraps(f)
+    def with_file(*args: Any, storage_file: Path | None = None, **kwargs: Any) -> Any:
+        if storage_file is not None and kwargs.get("storage") is None:
+            from lrsearch.storage import resolve_url
+
+            kwargs["storage"] = resolve_url(None, file=storage_file)
+        return f(*args, **kwargs)
+
+    with_file = click.option(
+        "--storage-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        metavar="PATH",
+        help="A file whose first line is the storage URL (keeps a password off command lines).",
+    )(with_file)
+    return click.option(  # type: ignore[return-value]
         "--storage",
         metavar="URL",
         default=None,
-        help="Study database (default: $LRSEARCH_STORAGE, then sqlite:///lrsearch.db).",
-    )(f)
+        help="Study database (default: --storage-file, $LRSEARCH_STORAGE, the file in "
+        "$LRSEARCH_STORAGE_FILE, then sqlite:///lrsearch.db).",
+    )(with_file)
 
 
 def study_option(f: F) -> F:
@@ -188,6 +207,7 @@ def _summary_text(s: Any) -> str:
         f"study {s.study!r} in {s.storage} ({s.direction})",
         f"this run: {ran} trial(s) in {s.seconds:.1f} s: {s.count('complete')} complete, "
         f"{s.count('pruned')} pruned, {s.count('diverged')} diverged, {s.count('failed')} failed"
+        + (f", {s.count('lost')} lost to a heartbeat sweep" if s.count("lost") else "")
         + (", 1 interrupted" if s.interrupted else ""),
     ]
     if ran == 0 and not s.interrupted:
@@ -201,6 +221,64 @@ def _summary_text(s: Any) -> str:
     else:
         lines.append("no complete trial yet")
     return "\n".join(lines)
+
+
+@main.command()
+@click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@storage_option
+@click.option("--study", "study", default=None, metavar="NAME", help="Default: [study] name.")
+def create(spec_file: Path, storage: str | None, study: str | None) -> None:
+    """Create the study in SPEC for workers to join (or check it), without running a trial."""
+    from lrsearch.search import create_study
+    from lrsearch.spec import load_spec
+
+    spec = load_spec(spec_file)
+    made = create_study(spec, storage=storage, study_name=study)
+    what = "created" if made.created else "exists with the same search:"
+    click.echo(
+        f"study {made.study!r} {what} in {made.storage} ({made.direction}, budget "
+        f"{made.n_trials} trials)"
+    )
+    if not made.created and made.n_trials != spec.study.n_trials:
+        click.echo(
+            f"lrsearch: note: the study keeps its budget of {made.n_trials}; give workers "
+            f"--n-trials {spec.study.n_trials} to change it",
+            err=True,
+        )
+
+
+@main.command()
+@storage_option
+@study_option
+@click.option(
+    "--n-trials",
+    type=click.IntRange(min=1),
+    default=None,
+    help="The study's total budget of finished trials (default: the study's n_trials).",
+)
+@click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
+def worker(storage: str | None, study: str, n_trials: int | None, device: str | None) -> None:
+    """Join a study and run its trials until its budget is met (SIGTERM: stop cleanly, exit 0)."""
+    from lrsearch.search import run_worker
+
+    summary = run_worker(storage, study, n_trials=n_trials, device=device, on_trial=_trial_line)
+    click.echo(_summary_text(summary))
+    stopped = [o.number for o in summary.outcomes if o.outcome == "interrupted"]
+    if stopped:
+        click.echo(
+            f"lrsearch: worker stopped; trial {stopped[0]} queued again for others", err=True
+        )
+    elif summary.interrupted:
+        click.echo("lrsearch: worker stopped between trials", err=True)
+
+
+def _trial_line(outcome: Any, summary: Any) -> None:
+    value = "" if outcome.value is None else f" {_fmt(outcome.value)}"
+    why = f" ({outcome.reason})" if outcome.outcome in ("failed", "diverged") else ""
+    click.echo(
+        f"trial {outcome.number}: {outcome.outcome}{value} in {outcome.seconds:.1f} s{why}",
+        err=True,
+    )
 
 
 @main.command()
@@ -241,6 +319,62 @@ def best(study: str, storage: str | None, top: int, fmt: str) -> None:
     click.echo(_table(headers, rows))
 
 
+# As lrsearch.analysis.STATES / FORMATS (not imported: that module pulls in Optuna at start-up).
+TRIAL_STATES = ("complete", "pruned", "diverged", "failed", "interrupted", "running", "waiting")
+TRIAL_FORMATS = ("table", "csv", "json", "parquet")
+
+
+@main.command()
+@study_option
+@storage_option
+@click.option(
+    "--state",
+    "states",
+    type=click.Choice(TRIAL_STATES),
+    multiple=True,
+    help="Only trials that ended this way (repeatable; default: all).",
+)
+@click.option("--format", "fmt", type=click.Choice(TRIAL_FORMATS), default="table")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to this file instead of stdout (parquet needs one).",
+)
+def trials(
+    study: str, storage: str | None, states: tuple[str, ...], fmt: str, output: Path | None
+) -> None:
+    """List a study's trials: outcome, value, per-group rates, pruning step, reason, host."""
+    from lrsearch.analysis import filter_states, load_trials, write_trials
+
+    frame = filter_states(load_trials(storage, study), states)
+    text = write_trials(frame, fmt=fmt, output=output)
+    if text is not None:
+        click.echo(text, nl=False)
+    else:
+        click.echo(f"wrote {len(frame)} trial(s) to {output}", err=True)
+
+
+@main.command()
+@study_option
+@storage_option
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Folder for index.html and the PNG plots (created if missing).",
+)
+def report(study: str, storage: str | None, output: Path) -> None:
+    """Write a study's report: PNG plots and one self-contained index.html."""
+    from lrsearch.report import write_report
+
+    page = write_report(storage, study, output)
+    click.echo(f"wrote {page}", err=True)
+
+
 @main.command()
 @study_option
 @storage_option
@@ -270,6 +404,139 @@ def export(
     except OSError as e:
         raise LrsearchError(f"cannot write {str(output)!r}: {e.strerror}") from e
     click.echo(f"wrote {output}", err=True)
+
+
+@main.command()
+@study_option
+@storage_option
+@click.option("--trial", type=click.IntRange(min=0), default=None, help="Default: the best trial.")
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Retrain each config with this many fresh seeds (not the search's).",
+)
+@click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def verify(
+    study: str, storage: str | None, trial: int | None, seeds: int, device: str | None, fmt: str
+) -> None:
+    """Retrain a trial (default: the best) and the best single-rate trial with fresh seeds."""
+    from lrsearch.storage import open_storage
+    from lrsearch.verify import verify_trial
+
+    def progress(role: str, number: int, run: dict[str, Any]) -> None:
+        value = run["outcome"] if run["value"] is None else _fmt(run["value"])
+        click.echo(f"{role} trial {number}, seed {run['seed']}: {value}", err=True)
+
+    result = verify_trial(
+        open_storage(storage, create=False),
+        study,
+        trial=trial,
+        seeds=seeds,
+        device=device,
+        on_run=progress,
+    )
+    click.echo(json.dumps(result, indent=2) if fmt == "json" else _verify_text(result))
+
+
+def _verify_text(r: dict[str, Any]) -> str:
+    headers = ["config", "trial", "search", *[f"seed {s}" for s in r["seeds"]]]
+    rows = [
+        [
+            c["role"],
+            c["trial"],
+            c["search_value"],
+            *[run["outcome"] if run["value"] is None else run["value"] for run in c["runs"]],
+            *[c["stats"][k] for k in ("mean", "std", "min", "max")],
+        ]
+        for c in r["configs"]
+    ]
+    lines = [
+        f"study {r['study']!r} ({r['direction']}): {len(r['seeds'])} fresh seed(s) per config",
+        _table([*headers, "mean", "std", "min", "max"], rows),
+        "",
+    ]
+    for c in r["configs"]:
+        rates = ", ".join(f"{g} {_lr_text(lr)}" for g, lr in c["lrs"].items())
+        lines.append(f"{c['role']}: trial {c['trial']} ({rates})")
+    comparison = r["comparison"]
+    if comparison and comparison["difference"] is not None:
+        spread = comparison["spread"]
+        lines.append(
+            f"winner - reference: {comparison['difference']:+.4g} (combined spread "
+            f"{'-' if spread is None else f'{spread:.4g}'})"
+        )
+    lines.append(f"verdict: {r['verdict']}")
+    attrs = ", ".join(c["attr"] for c in r["configs"])
+    new = sum(c["new_runs"] for c in r["configs"])
+    lines.append(f"stored with the study as {attrs} ({new} new run(s))")
+    return "\n".join(lines)
+
+
+def _devices_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    from lrsearch.launch import parse_devices
+
+    try:
+        return None if value is None else parse_devices(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+
+
+@main.command()
+@click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--workers",
+    "n_workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes to start (default: one per --devices entry).",
+)
+@click.option(
+    "--devices",
+    default=None,
+    metavar="LIST",
+    callback=_devices_option,
+    help="GPUs, e.g. 0,1: one worker per GPU (CUDA_VISIBLE_DEVICES), round-robin if fewer.",
+)
+@storage_option
+@click.option("--study", "study", default=None, metavar="NAME", help="Default: [study] name.")
+@click.option(
+    "--n-trials",
+    type=click.IntRange(min=1),
+    default=None,
+    help="The study's total budget of finished trials (default: [study] n_trials).",
+)
+def launch(
+    spec_file: Path,
+    n_workers: int | None,
+    devices: list[str] | None,
+    storage: str | None,
+    study: str | None,
+    n_trials: int | None,
+) -> None:
+    """Create or check the study in SPEC and run N local workers on it, shown as one view."""
+    from lrsearch.launch import Launcher
+
+    if n_workers is None and devices is None:
+        raise click.UsageError("give --workers N, or --devices to run one worker per GPU")
+    launcher = Launcher(
+        spec_file,
+        n_workers=n_workers,
+        devices=devices,
+        storage=storage,
+        study=study,
+        n_trials=n_trials,
+    )
+    result = launcher.run()
+    if result.create_returncode == 0:
+        click.echo(result.text())
+    for worker in result.failed:
+        click.echo(f"lrsearch: error: {one_line(worker.describe())}", err=True)
+    if result.interrupted and not result.failed:
+        click.echo("lrsearch: interrupted; the study is intact, launch again to resume", err=True)
+    sys.exit(result.exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,4 @@
-"""The search loop: ask Optuna for a trial, train it, tell the result.
+"""The search loop of ``run`` and ``worker``: ask Optuna for a trial, train it, tell the result.
 
 Everything that can happen to a trial is decided in one place, :func:`_finish`:
 
@@ -12,27 +12,59 @@ diverged      PRUNED          NaN/inf loss; NaN is reported at that step so TPE 
                               it would sample the same cliff again)
 failed        FAIL            out of memory, or the task raised; the reason is stored
 interrupted   FAIL            Ctrl-C / SIGTERM; the study stays intact and can be resumed, and
-                              the trial does not count against the budget
+                              the trial does not count against the budget. A worker queues its
+                              parameters again (``run`` does not: its user chose to stop)
+lost          FAIL            (seen by the worker only) another worker found no heartbeat of
+                              the trial for ``grace_period`` seconds and failed it; this worker
+                              drops it and goes on (a trial's ``tell`` never crashes a worker)
 ============  ==============  ================================================================
 
 A trial that "completes" with a NaN/inf value is diverged too (Optuna refuses to complete it).
 
 Each trial stores its resolved rates in one user attribute (``lrsearch.trial``) so readers never
 reconstruct them from the sampled parameters.
+
+**One budget for all workers.** ``n_trials`` counts the study's finished trials (complete, pruned
+and failed), whichever worker ran them, except a trial stopped by an interrupt and a trial queued
+again after its worker was lost (its re-run counts instead). Before each trial a worker reads the
+study: it starts a trial while ``counted + running + queued < n_trials``, or while a queued trial
+(a re-run) waits; when the trials other workers are running would meet the budget, it waits for
+them (a lost one is re-run by whoever is still there); it stops once ``counted >= n_trials``. Only
+workers that read the study at the same moment can start more than the budget leaves, so the study
+ends with at most ``n_trials + workers - 1`` counted trials, and exactly ``n_trials`` unless such a
+race happened.
+
+**Workers that die.** While a trial trains, a thread of the worker writes its heartbeat every
+``[study] heartbeat_interval`` seconds (the first one at once). Every worker sweeps the study when
+it starts, before its trials (at most once per heartbeat interval: a trial cannot go stale faster),
+while it waits and before it exits: a RUNNING trial whose last heartbeat is older
+than ``[study] grace_period`` seconds is failed with reason ``"worker lost"`` and its parameters are
+queued again once (``lrsearch.retry_of`` names the trial a re-run replaces; a re-run that loses its
+worker too stays failed). A RUNNING trial that never had a heartbeat (its worker died in the few
+milliseconds between creating it and the first heartbeat) is swept :data:`ORPHAN_AFTER_S` seconds
+after it started. SIGTERM and SIGINT interrupt the trial in training at once; anywhere else (a
+storage write, a sweep) the worker stops at its next step, so a write is never cut in half.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import signal
 import socket
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import FrameType, TracebackType
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
 
 try:  # private but stable since Optuna 3; the dependency is pinned below 6
     from optuna.study._tell import _tell_with_warning
@@ -44,21 +76,57 @@ from lrsearch.groups import LayerGroups, resolve_groups
 from lrsearch.space import Sample, SearchSpace
 from lrsearch.spec import StudySpec
 from lrsearch.storage import (  # the attribute names are re-exported: they were defined here first
+    FINISHED,
     GROUPS_ATTR,
+    LOSSES_ATTR,
+    LOST_REASON,
     OUTCOME_ATTR,
     REASON_ATTR,
+    RETRY_OF_ATTR,
     TRIAL_ATTR,
+    BudgetCount,
+    ResilientStorage,
     create_or_resume,
+    db_wait,
+    load_study,
     mask_url,
     open_storage,
     resolve_url,
+    stored_spec,
     trial_lrs,
 )
 from lrsearch.tasks import Task, load_task
 from lrsearch.trainer import TrainResult, resolve_device, resolve_precision, train_trial
 
+__all__ = [
+    "FINISHED",
+    "GROUPS_ATTR",
+    "OUTCOME_ATTR",
+    "REASON_ATTR",
+    "RETRY_OF_ATTR",
+    "TRIAL_ATTR",
+    "CreatedStudy",
+    "Prepared",
+    "SearchSummary",
+    "TrialOutcome",
+    "create_study",
+    "make_pruner",
+    "make_sampler",
+    "prepare",
+    "run_search",
+    "run_worker",
+]
+
 _HOST = socket.gethostname()
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+_log = logging.getLogger("lrsearch")
+# How often a worker with nothing to start looks again while other workers finish the budget.
+POLL_S = 1.0
+# A RUNNING trial that never had a heartbeat is failed this long after it started: long enough for
+# clocks of different machines to disagree (its start time is the worker's clock).
+ORPHAN_AFTER_S = 600.0
+# A configuration whose worker died is re-run this many times; after that its trial stays failed
+# (a configuration that kills its worker, e.g. by exhausting memory, must not kill them all).
+MAX_LOSSES = 1
 
 TrainFn = Callable[..., TrainResult]
 
@@ -68,7 +136,7 @@ class TrialOutcome:
     """What became of one trial."""
 
     number: int
-    outcome: str  # complete | pruned | diverged | failed | interrupted
+    outcome: str  # complete | pruned | diverged | failed | interrupted | lost
     value: float | None
     lrs: dict[str, float]
     seconds: float
@@ -96,7 +164,12 @@ class SearchSummary:
         return sum(1 for o in self.outcomes if o.outcome == outcome)
 
 
-def make_sampler(spec: StudySpec, *, offset: int = 0) -> optuna.samplers.BaseSampler:
+OnTrial = Callable[[TrialOutcome, SearchSummary], None]
+
+
+def make_sampler(
+    spec: StudySpec, *, offset: int = 0, seeded: bool = True
+) -> optuna.samplers.BaseSampler:
     """The study's sampler; TPE is multivariate with group decomposition so that a group's rate is
     modelled only in the trials where that group trained (the freeze choice makes the space
     conditional).
@@ -105,8 +178,10 @@ def make_sampler(spec: StudySpec, *, offset: int = 0) -> optuna.samplers.BaseSam
         spec: The study's spec; ``[study] seed`` seeds the sampler.
         offset: Trials the study already has. A resumed seeded study adds it to the seed: the same
             seed again would sample the same random start-up points as the first run did.
+        seeded: ``False`` ignores the seed. Workers do: workers that start together see the same
+            number of trials, so one seed would have them all sample the same start-up points.
     """
-    seed = None if spec.study.seed is None else spec.study.seed + offset
+    seed = None if spec.study.seed is None or not seeded else spec.study.seed + offset
     if spec.sampler.kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():
@@ -151,14 +226,20 @@ class Prepared:
     direction: str
 
 
-def prepare(spec: StudySpec, *, device: str | None = None) -> Prepared:
+def prepare(spec: StudySpec, *, device: str | None = None, check_device: bool = True) -> Prepared:
     """Build the task, resolve the groups on one model and check the space, before any write.
+
+    Args:
+        spec: The study's spec.
+        device: The device trials will run on (checked with ``[train] precision``).
+        check_device: ``False`` skips the device check: ``create`` may run on a machine without
+            the workers' GPUs.
 
     Raises:
         LrsearchError: Any problem with the task, groups, space or device.
     """
-    dev = resolve_device(device)
-    resolve_precision(spec.train.precision, dev)
+    if check_device:
+        resolve_precision(spec.train.precision, resolve_device(device))
     try:
         task = load_task(spec.task.entry, spec.task.kwargs)
     except LrsearchError:
@@ -179,6 +260,70 @@ def prepare(spec: StudySpec, *, device: str | None = None) -> Prepared:
     return Prepared(spec, task, groups, space, direction)
 
 
+def _connect(url: str) -> ResilientStorage:
+    """The storage for a search: waits for a database still starting, retries lost connections."""
+    return ResilientStorage(open_storage(url, wait=db_wait()), shown=mask_url(url))
+
+
+def _open_study(
+    store: ResilientStorage, name: str, prepared: Prepared
+) -> tuple[optuna.Study, bool]:
+    spec = prepared.spec
+    study, resumed = create_or_resume(
+        store,
+        name,
+        spec,
+        direction=prepared.direction,
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+    )
+    if GROUPS_ATTR not in study.user_attrs:  # also when a first run died right after creating it
+        study.set_user_attr(GROUPS_ATTR, {g: list(p) for g, p in prepared.groups.patterns})
+    return study, resumed
+
+
+@dataclass(frozen=True)
+class CreatedStudy:
+    """What ``create`` did: the study, whether it is new, and the budget stored with it."""
+
+    study: str
+    storage: str  # masked
+    created: bool
+    direction: str
+    n_trials: int  # the stored spec's budget (an existing study keeps its own)
+
+
+def create_study(
+    spec: StudySpec, *, storage: str | None = None, study_name: str | None = None
+) -> CreatedStudy:
+    """Create study ``spec`` for workers to join, or check that an existing one has the same search.
+
+    The task, groups and space are checked first (nothing is written on bad input); the device is
+    not: workers may have GPUs this machine lacks.
+
+    Args:
+        spec: The checked study file.
+        storage: Storage URL (resolved as in :func:`lrsearch.storage.resolve_url`).
+        study_name: Overrides ``[study] name``.
+
+    Raises:
+        LrsearchError: Bad input (nothing is written).
+        StudyMismatchError: A study of that name exists with a different search.
+    """
+    prepared = prepare(spec, check_device=False)
+    name = study_name or spec.study.name
+    url = resolve_url(storage)
+    study, existed = _open_study(_connect(url), name, prepared)
+    kept = stored_spec(study) if existed else spec
+    return CreatedStudy(
+        study=name,
+        storage=mask_url(url),
+        created=not existed,
+        direction=prepared.direction,
+        n_trials=kept.study.n_trials,
+    )
+
+
 def run_search(
     spec: StudySpec,
     *,
@@ -187,7 +332,7 @@ def run_search(
     n_trials: int | None = None,
     timeout: float | None = None,
     device: str | None = None,
-    on_trial: Callable[[TrialOutcome, SearchSummary], None] | None = None,
+    on_trial: OnTrial | None = None,
     train_fn: TrainFn = train_trial,
 ) -> SearchSummary:
     """Run (or resume) a study until it has ``n_trials`` finished trials or ``timeout`` passes.
@@ -203,7 +348,7 @@ def run_search(
         train_fn: The trainer (``train_trial``'s signature); replaceable for benchmarks.
 
     Returns:
-        What this run did; ``interrupted`` is set when Ctrl-C stopped it.
+        What this run did; ``interrupted`` is set when Ctrl-C or SIGTERM stopped it.
 
     Raises:
         LrsearchError: Bad input (nothing is written), or the task failed in a way that is a bug in
@@ -212,67 +357,230 @@ def run_search(
     prepared = prepare(spec, device=device)
     name = study_name or spec.study.name
     url = resolve_url(storage)
-    study, resumed = create_or_resume(
-        open_storage(url),
-        name,
-        spec,
-        direction=prepared.direction,
-        sampler=make_sampler(spec),
-        pruner=make_pruner(spec),
-    )
-    trials = study.get_trials(deepcopy=False)
+    store = _connect(url)
+    study, resumed = _open_study(store, name, prepared)
     if resumed:
-        study.sampler = make_sampler(spec, offset=len(trials))
-    if GROUPS_ATTR not in study.user_attrs:  # also when a first run died right after creating it
+        study.sampler = make_sampler(spec, offset=len(store.get_all_trials(study._study_id)))
+    loop = _Loop(
+        study=study,
+        store=store,
+        prepared=prepared,
+        device=resolve_device(device),
+        budget=n_trials if n_trials is not None else spec.study.n_trials,
+        limit=timeout if timeout is not None else spec.study.timeout,
+        train_fn=train_fn,
+        on_trial=on_trial,
+        requeue_interrupted=False,
+    )
+    return _search(loop, _summary(loop, name, url, resumed=resumed))
+
+
+def run_worker(
+    storage: str | None,
+    study_name: str,
+    *,
+    n_trials: int | None = None,
+    device: str | None = None,
+    on_trial: OnTrial | None = None,
+    train_fn: TrainFn = train_trial,
+) -> SearchSummary:
+    """Join an existing study and run its trials until its budget is met, with its stored spec.
+
+    Only the task's code must be importable here; the study file is not needed. Several workers,
+    on one machine or many, share the study's budget (the rule is in this module's docstring).
+    SIGTERM / SIGINT stop the worker cleanly: its trial is marked interrupted and queued again.
+
+    Args:
+        storage: Storage URL (resolved as in :func:`lrsearch.storage.resolve_url`); a database that
+            is not up yet is waited for (``$LRSEARCH_DB_WAIT`` seconds, default 60).
+        study_name: The study, created before with ``lrsearch create`` (or ``run``).
+        n_trials: The study's total budget; default the stored ``[study] n_trials``.
+        device: ``auto`` (default), ``cpu``, ``cuda``, ``cuda:N``.
+        on_trial: Called after every trial this worker finishes.
+        train_fn: The trainer (``train_trial``'s signature); replaceable for benchmarks.
+
+    Returns:
+        What this worker did; ``interrupted`` is set when a signal stopped it.
+
+    Raises:
+        StudyNotFoundError: No such study.
+        LrsearchError: The stored spec or the task does not load here, or a bug in the task.
+    """
+    url = resolve_url(storage)
+    store = _connect(url)
+    study = load_study(store, study_name)
+    spec = stored_spec(study)
+    prepared = prepare(spec, device=device)
+    study.sampler = make_sampler(spec, seeded=False)
+    study.pruner = make_pruner(spec)
+    if GROUPS_ATTR not in study.user_attrs:
         study.set_user_attr(GROUPS_ATTR, {g: list(p) for g, p in prepared.groups.patterns})
-    budget = n_trials if n_trials is not None else spec.study.n_trials
-    limit = timeout if timeout is not None else spec.study.timeout
-    finished = sum(1 for t in trials if _counts(t))
-    summary = SearchSummary(
+    loop = _Loop(
+        study=study,
+        store=store,
+        prepared=prepared,
+        device=resolve_device(device),
+        budget=n_trials if n_trials is not None else spec.study.n_trials,
+        limit=spec.study.timeout,
+        train_fn=train_fn,
+        on_trial=on_trial,
+        requeue_interrupted=True,
+    )
+    return _search(loop, _summary(loop, study_name, url, resumed=True))
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """What the one search loop needs, from ``run`` or ``worker``."""
+
+    study: optuna.Study
+    store: ResilientStorage
+    prepared: Prepared
+    device: Any
+    budget: int
+    limit: float | None
+    train_fn: TrainFn
+    on_trial: OnTrial | None
+    requeue_interrupted: bool
+
+    @property
+    def grace(self) -> int:
+        return self.prepared.spec.study.grace_period
+
+
+def _summary(loop: _Loop, name: str, url: str, *, resumed: bool) -> SearchSummary:
+    return SearchSummary(
         study=name,
         storage=mask_url(url),
-        direction=prepared.direction,
-        budget=budget,
+        direction=loop.prepared.direction,
+        budget=loop.budget,
         resumed=resumed,
-        already_finished=finished,
+        already_finished=0,
     )
-    _update_best(summary, study)  # once here, then from this run's own results: no query per trial
+
+
+def _search(loop: _Loop, summary: SearchSummary) -> SearchSummary:
+    """The loop of ``run`` and ``worker``: sweep, count, ask, train, tell, until the budget."""
+    study = loop.study
+    stop = _StopSignals()
+    current: list[optuna.Trial] = []  # the trial in flight, for an interrupt that lands outside it
     start = time.perf_counter()
-    dev = resolve_device(device)
-    current: list[optuna.Trial] = []  # the trial in flight, for a Ctrl-C that lands outside it
+    look = _Looker(loop)
     try:
-        while finished < budget and (limit is None or time.perf_counter() - start < limit):
-            outcome = _run_one(study, prepared, dev, train_fn, current)
-            summary.outcomes.append(outcome)
-            if outcome.outcome == "interrupted":
-                summary.interrupted = True
-                break
-            finished += 1
-            if outcome.outcome == "complete":
-                _note_best(summary, outcome)
-            if on_trial is not None:
-                on_trial(outcome, summary)
+        with (
+            stop.installed(),
+            _Heartbeat(loop.store, loop.prepared.spec.study.heartbeat_interval) as beat,
+        ):
+            count = look(sweep=True)  # also of the trials of workers that died before this one
+            summary.already_finished = count.counted
+            _update_best(summary, study)  # once here, then from this run's own results
+            while not stop.requested and not (
+                loop.limit is not None and time.perf_counter() - start >= loop.limit
+            ):
+                if not count.start_another(loop.budget):
+                    if count.counted >= loop.budget:
+                        break
+                    # The trials other workers are running would meet the budget: wait for them
+                    # (and re-run one of them if its worker is lost).
+                    stop.wait(POLL_S)
+                    count = look()
+                    continue
+                try:
+                    outcome = _run_one(loop, stop, beat, current)
+                finally:
+                    beat.track(None)
+                summary.outcomes.append(outcome)
+                if outcome.outcome == "interrupted":
+                    break
+                if outcome.outcome == "complete":
+                    _note_best(summary, outcome)
+                if loop.on_trial is not None and outcome.outcome != "lost":
+                    loop.on_trial(outcome, summary)
+                count = look()
+            summary.interrupted = stop.requested or summary.count("interrupted") > 0
+            look(sweep=True)  # before leaving: a trial lost meanwhile is failed, queued for others
     except KeyboardInterrupt:
-        # Between trials, or while a trial's fate was being stored: no trial stays RUNNING.
+        # A second signal, or one from `on_trial`: no trial of ours stays RUNNING.
         summary.interrupted = True
         for trial in current:
-            _fail_if_running(study, trial)
+            _fail_if_running(study, trial, requeue=loop.requeue_interrupted)
     finally:
         summary.seconds = time.perf_counter() - start
+        loop.store.release()
     _update_best(summary, study)  # other workers may have found better meanwhile
     return summary
 
 
-def _counts(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether a stored trial counts against the budget: finished, and not by an interrupt."""
-    return trial.state in FINISHED and trial.user_attrs.get(OUTCOME_ATTR) != "interrupted"
+class _Looker:
+    """Reads the study before each trial: its count always (one query), and its heartbeats with a
+    sweep of lost trials once per heartbeat interval (a trial cannot go stale faster), and also
+    whenever the count alone cannot tell whether to start a trial: near the budget, where a dead
+    trial must not hold the others up."""
+
+    def __init__(self, loop: _Loop) -> None:
+        self.loop = loop
+        self.interval = loop.prepared.spec.study.heartbeat_interval
+        self.next_sweep = 0.0
+
+    def __call__(self, *, sweep: bool = False) -> BudgetCount:
+        loop = self.loop
+        study_id = loop.study._study_id
+        if not sweep and time.monotonic() < self.next_sweep:
+            count = loop.store.count(study_id)  # every RUNNING trial taken for alive
+            if count.start_another(loop.budget) or count.counted >= loop.budget:
+                return count
+        self.next_sweep = time.monotonic() + self.interval
+        look = loop.store.look(study_id, grace=loop.grace, orphan_after=ORPHAN_AFTER_S)
+        if look.lost and _sweep(loop.study, loop.store, look.lost, loop.grace):
+            look = loop.store.look(study_id, grace=loop.grace, orphan_after=ORPHAN_AFTER_S)
+        return look.count
 
 
-def _fail_if_running(study: optuna.Study, trial: optuna.Trial) -> None:
+def _sweep(study: optuna.Study, store: ResilientStorage, lost: Sequence[int], grace: int) -> int:
+    """Fail the trials whose worker is gone and queue their parameters again; how many."""
+    swept = 0
+    for trial_id in lost:
+        trial = store.get_trial(trial_id)
+        try:
+            # Attributes first: a finished trial takes no more writes.
+            store.set_trial_user_attr(trial_id, OUTCOME_ATTR, "failed")
+            store.set_trial_user_attr(trial_id, REASON_ATTR, LOST_REASON)
+            store.set_trial_state_values(trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            continue  # its worker finished it after all, or another worker swept it first
+        swept += 1
+        queued = _queue_again(study, trial, lost=True)
+        _log.warning(
+            "lrsearch: trial %d lost its worker (no heartbeat for %d s): failed, %s",
+            trial.number,
+            grace,
+            "its parameters queued again" if queued else "not queued again (lost before)",
+        )
+    return swept
+
+
+def _queue_again(study: optuna.Study, trial: FrozenTrial | optuna.Trial, *, lost: bool) -> bool:
+    """Queue ``trial``'s parameters as a new trial that replaces it; whether it was queued."""
+    losses = int(trial.user_attrs.get(LOSSES_ATTR, 0)) + int(lost)
+    params = dict(trial.params)
+    if not params or losses > MAX_LOSSES:
+        return False
+    # enqueue_trial, not Optuna's RetryHeartbeatStaleTrialCallback: that copies the system
+    # attributes, among them the pruner's rung records, which a re-run must earn anew.
+    study.enqueue_trial(params, user_attrs={RETRY_OF_ATTR: trial.number, LOSSES_ATTR: losses})
+    return True
+
+
+def _fail_if_running(study: optuna.Study, trial: optuna.Trial, *, requeue: bool) -> None:
     if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-        study._storage.set_trial_user_attr(trial._trial_id, OUTCOME_ATTR, "interrupted")
-        study._storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, "interrupted")
-        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        try:
+            study._storage.set_trial_user_attr(trial._trial_id, OUTCOME_ATTR, "interrupted")
+            study._storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, "interrupted")
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        except UpdateFinishedTrialError:
+            return
+        if requeue:
+            _queue_again(study, trial, lost=False)
 
 
 def _update_best(summary: SearchSummary, study: optuna.Study) -> None:
@@ -294,17 +602,18 @@ def _note_best(summary: SearchSummary, outcome: TrialOutcome) -> None:
         summary.best_lrs = dict(outcome.lrs)
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState) -> None:
+def _tell(
+    study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState
+) -> TrialState:
     """``study.tell`` without reading the finished trial back (what ``optimize`` does internally).
 
     ``study.tell`` re-reads and deep-copies the trial it just stored; that round trip alone is
     several percent of a trivial trial's cost. ``skip_if_finished``: a trial failed behind our back
-    (a heartbeat sweep) must not crash the run.
+    (a heartbeat sweep) must not crash the run; the state returned then is the one it has.
     """
     if _tell_with_warning is None:  # pragma: no cover - a future Optuna without the helper
-        study.tell(trial, value, state=state, skip_if_finished=True)
-        return
-    _tell_with_warning(
+        return study.tell(trial, value, state=state, skip_if_finished=True).state
+    stored, _, _ = _tell_with_warning(
         study=study,
         trial=trial,
         value_or_values=value,
@@ -312,18 +621,150 @@ def _tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: 
         skip_if_finished=True,
         suppress_warning=True,
     )
+    return stored
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT during a search: the trial in training is interrupted at once; anywhere
+    else (a storage write, a sweep, asking for a trial) the loop stops at its next step, so no
+    write is cut in half and no trial is left RUNNING. A second signal interrupts at once.
+
+    Installed from the main thread only (elsewhere signals cannot be handled); without it,
+    KeyboardInterrupt is handled where it lands, as best as can be.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._training = False
+        self._woken = threading.Event()
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        signals = (signal.SIGTERM, signal.SIGINT)
+        previous = {s: signal.getsignal(s) for s in signals}
+        for s in signals:
+            signal.signal(s, self._handle)
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        again = self.requested
+        self.requested = True
+        self._woken.set()
+        # The interrupt may land where Python swallows it (a weakref callback, a __del__): then
+        # the trial's next report raises it again (`writing`).
+        if self._training or again:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def training(self) -> Iterator[None]:
+        """Where a signal interrupts at once."""
+        if self.requested:
+            raise KeyboardInterrupt
+        self._training = True
+        try:
+            yield
+        finally:
+            self._training = False
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """A storage write inside training: a signal waits for it, then interrupts."""
+        was = self._training
+        self._training = False
+        try:
+            yield
+        finally:
+            self._training = was
+        if was and self.requested:
+            raise KeyboardInterrupt
+
+    def wait(self, seconds: float) -> None:
+        """Sleep, woken early by a signal."""
+        self._woken.wait(seconds)
+
+
+class _Heartbeat:
+    """Keeps the trial in hand alive: its heartbeat, every ``interval`` seconds, from a thread.
+
+    Optuna records heartbeats inside ``study.optimize`` only; an ask/tell loop must do it itself.
+    The thread never dies of a storage error (a dead heartbeat thread gets live trials failed): it
+    says so and tries again at the next beat.
+    """
+
+    def __init__(self, store: ResilientStorage, interval: float) -> None:
+        self._store = store
+        self._interval = interval
+        self._trial_id: int | None = None
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lrsearch-heartbeat", daemon=True)
+        self.failures = 0
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._trial_id = None
+        self._closing.set()
+        self._thread.join(timeout=5.0)  # a beat stuck on a locked database is left to die with us
+
+    def track(self, trial_id: int | None) -> None:
+        """Beat for ``trial_id`` from now on (``None``: for no trial)."""
+        if trial_id is not None:
+            # At once, not one interval later: a trial whose worker dies before its first
+            # heartbeat could never be found stale.
+            self._store.record_heartbeat(trial_id)
+        self._trial_id = trial_id
+
+    def _run(self) -> None:
+        failing = False
+        while not self._closing.wait(self._interval):
+            trial_id = self._trial_id
+            if trial_id is None:
+                continue
+            try:
+                self._store.backend.record_heartbeat(trial_id)
+            except Exception as e:
+                self.failures += 1
+                if not failing:
+                    _log.warning(
+                        "lrsearch: heartbeat of trial %d failed (%s); trying again in %g s",
+                        trial_id,
+                        type(e).__name__,
+                        self._interval,
+                    )
+                failing = True
+            else:
+                failing = False
+
+
+class _TrialLost(Exception):
+    """The trial in training was failed by another worker's sweep."""
 
 
 def _run_one(
-    study: optuna.Study,
-    prepared: Prepared,
-    device: Any,
-    train_fn: TrainFn,
+    loop: _Loop,
+    stop: _StopSignals,
+    beat: _Heartbeat,
     current: list[optuna.Trial],
 ) -> TrialOutcome:
+    study, prepared = loop.study, loop.prepared
     current.clear()
     trial = study.ask()
     current.append(trial)
+    beat.track(trial._trial_id)
     start = time.perf_counter()
     sample: Sample | None = None
     last_step = -1
@@ -331,47 +772,77 @@ def _run_one(
         sample = prepared.space.sample(trial)
         trial.set_user_attr(
             TRIAL_ATTR,
-            {"lrs": sample.lrs, "weight_decay": sample.weight_decay, "host": _HOST},
+            {
+                "lrs": sample.lrs,
+                "weight_decay": sample.weight_decay,
+                "host": _HOST,
+                "pid": os.getpid(),
+            },
         )
 
         def report(step: int, value: float) -> None:
             nonlocal last_step
             last_step = max(last_step, step)
-            trial.report(value, step)
-            if trial.should_prune():
+            with stop.writing():
+                try:
+                    trial.report(value, step)
+                    prune = trial.should_prune()
+                except UpdateFinishedTrialError as e:
+                    raise _TrialLost from e
+            if prune:
                 raise optuna.TrialPruned(f"pruned at step {step} (value {value:.4g})")
 
-        result = train_fn(
-            prepared.task,
-            prepared.groups,
-            sample,
-            prepared.spec.train,
-            device=device,
-            seed=(prepared.spec.study.seed or 0) + trial.number,
-            report=report,
-        )
+        with stop.training():
+            result = loop.train_fn(
+                prepared.task,
+                prepared.groups,
+                sample,
+                prepared.spec.train,
+                device=loop.device,
+                seed=(prepared.spec.study.seed or 0) + trial.number,
+                report=report,
+            )
+    except (_TrialLost, UpdateFinishedTrialError):
+        return _lost(trial, sample, start, loop.grace)
     except optuna.TrialPruned as e:
-        return _finish(study, trial, sample, start, "pruned", reason=str(e) or None)
+        return _finish(loop, trial, sample, start, "pruned", reason=str(e) or None)
     except TrialFailure as e:
         outcome = "diverged" if e.diverged else "failed"
-        return _finish(study, trial, sample, start, outcome, reason=e.reason, step=last_step + 1)
+        return _finish(loop, trial, sample, start, outcome, reason=e.reason, step=last_step + 1)
     except KeyboardInterrupt:
-        return _finish(study, trial, sample, start, "interrupted", reason="interrupted")
+        return _finish(loop, trial, sample, start, "interrupted", reason="interrupted")
     except LrsearchError as e:
-        _finish(study, trial, sample, start, "failed", reason=str(e))
+        _finish(loop, trial, sample, start, "failed", reason=str(e))
         raise
     except Exception as e:
         reason = f"{type(e).__name__}: {e}"
-        _finish(study, trial, sample, start, "failed", reason=reason)
+        _finish(loop, trial, sample, start, "failed", reason=reason)
         raise TaskError(
             f"trial {trial.number} failed in the task's code ({reason}); the trial is stored as "
             "failed and the study kept; fix the task (--debug shows the traceback) and run again"
         ) from e
-    return _finish(study, trial, sample, start, "complete", value=result.value, step=last_step + 1)
+    return _finish(loop, trial, sample, start, "complete", value=result.value, step=last_step + 1)
+
+
+def _lost(trial: optuna.Trial, sample: Sample | None, start: float, grace: int) -> TrialOutcome:
+    _log.warning(
+        "lrsearch: trial %d was failed by another worker, which saw no heartbeat of it for %d s; "
+        "dropped here (a re-run, if queued, goes on elsewhere)",
+        trial.number,
+        grace,
+    )
+    return TrialOutcome(
+        number=trial.number,
+        outcome="lost",
+        value=None,
+        lrs=dict(sample.lrs) if sample else {},
+        seconds=time.perf_counter() - start,
+        reason=LOST_REASON,
+    )
 
 
 def _finish(
-    study: optuna.Study,
+    loop: _Loop,
     trial: optuna.Trial,
     sample: Sample | None,
     start: float,
@@ -403,14 +874,21 @@ def _finish(
         "failed": TrialState.FAIL,
         "interrupted": TrialState.FAIL,
     }[outcome]
-    if outcome != "complete":
-        trial.set_user_attr(OUTCOME_ATTR, outcome)
-    if reason and outcome != "pruned":
-        trial.set_user_attr(REASON_ATTR, reason)
-    if outcome == "diverged":
-        # NaN as the last intermediate value: TPE ranks it worst among trials that got as far.
-        trial.report(math.nan, step)
-    _tell(study, trial, value if state == TrialState.COMPLETE else None, state)
+    try:
+        if outcome != "complete":
+            trial.set_user_attr(OUTCOME_ATTR, outcome)
+        if reason and outcome != "pruned":
+            trial.set_user_attr(REASON_ATTR, reason)
+        if outcome == "diverged":
+            # NaN as the last intermediate value: TPE ranks it worst among trials that got as far.
+            trial.report(math.nan, step)
+        told = _tell(loop.study, trial, value if state == TrialState.COMPLETE else None, state)
+    except UpdateFinishedTrialError:
+        told = None
+    if told != state:  # another worker's sweep failed it first
+        return _lost(trial, sample, start, loop.grace)
+    if outcome == "interrupted" and loop.requeue_interrupted:
+        _queue_again(loop.study, trial, lost=False)
     return TrialOutcome(
         number=trial.number,
         outcome=outcome,

@@ -1,10 +1,12 @@
 """The search space: an Optuna trial in, ``{group: lr}`` out (0 = frozen).
 
-Two kinds of space, chosen by ``[space] kind``:
+Three kinds of space, chosen by ``[space] kind``:
 
 - ``per_group``: an independent log-uniform rate per group (``lr.<group>``); a group named in
   ``freeze`` first samples ``freeze.<group>`` (a real choice, so the sampler learns whether
   freezing pays) and only samples its rate when it trains.
+- ``single``: one rate ``lr`` shared by every searched group: the baseline a practitioner tunes
+  by hand, searched with the same trainer, budget and pruner.
 - ``layer_decay``: ``base_lr`` for the top non-head group, multiplied by ``decay`` once per group
   further down (groups are listed bottom to top in the file), and ``head_multiplier`` x ``base_lr``
   for the head groups: three numbers however deep the model.
@@ -85,6 +87,9 @@ class SearchSpace:
                 if g not in frozen:
                     low, high = self._range(g)
                     lrs[g] = trial.suggest_float(f"lr.{g}", low, high, log=True)
+        elif s.kind == "single":
+            lr = trial.suggest_float("lr", *s.lr, log=True)
+            lrs = {g: lr for g in searched if g not in frozen}
         else:
             base = trial.suggest_float("base_lr", *s.lr, log=True)
             heads = [g for g in self.groups if self._refs(g, s.head)]

@@ -29,11 +29,12 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear")
 PRUNERS = ("hyperband", "successive_halving", "median", "none")
 SAMPLERS = ("tpe", "random")
-SPACE_KINDS = ("per_group", "layer_decay")
-# Keys of [space] that only the other kind of space reads.
+SPACE_KINDS = ("per_group", "layer_decay", "single")
+# Keys of [space] that the chosen kind of space never reads, and the kind that does.
 _IGNORED_BY_KIND = {
     "per_group": ("decay", "head", "head_multiplier"),
     "layer_decay": ("lr_ranges",),
+    "single": ("decay", "head", "head_multiplier", "lr_ranges"),
 }
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _ENTRY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -46,6 +47,10 @@ class StudySection:
     n_trials: int = 20
     timeout: float | None = None
     seed: int | None = None
+    # Seconds between a running trial's heartbeats, and without one before it counts as lost
+    # (its worker died): lrsearch.search then fails it and queues its parameters again.
+    heartbeat_interval: int = 10
+    grace_period: int = 30
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ class GroupsSection:
 
 @dataclass(frozen=True)
 class SpaceSection:
-    kind: Literal["per_group", "layer_decay"] = "per_group"
+    kind: Literal["per_group", "layer_decay", "single"] = "per_group"
     lr: tuple[float, float] = (1e-5, 1e-1)
     lr_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     freeze: tuple[str, ...] = ()
@@ -93,6 +98,9 @@ class TrainSection:
     grad_clip: float | None = None
     momentum: float = 0.9
     freeze_batchnorm: bool = True
+    prefix_cache: bool = False
+    cache_mb: int = 512
+    cache_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -346,9 +354,26 @@ class _Reader:
         n_trials = self.take(s, t, "n_trials", int, 20, minimum=1)
         timeout = self.take(s, t, "timeout", (int, float), None, above=0)
         seed = self.take(s, t, "seed", int, None, minimum=0)
-        self.unknown(s, t, ("name", "direction", "n_trials", "timeout", "seed"))
+        d = StudySection("")
+        interval = self.take(s, t, "heartbeat_interval", int, d.heartbeat_interval, minimum=1)
+        grace = self.take(s, t, "grace_period", int, d.grace_period, minimum=1)
+        if grace <= interval:
+            # Between two heartbeats a live trial would already count as lost.
+            self.problem(
+                "[study] grace_period",
+                f"must be > heartbeat_interval ({interval}), got {grace}; two or three intervals "
+                "leave room for a late heartbeat",
+            )
+        known = ("name", "direction", "n_trials", "timeout", "seed")
+        self.unknown(s, t, (*known, "heartbeat_interval", "grace_period"))
         return StudySection(
-            name, direction, n_trials, None if timeout is None else float(timeout), seed
+            name,
+            direction,
+            n_trials,
+            None if timeout is None else float(timeout),
+            seed,
+            interval,
+            grace,
         )
 
     def task(self, t: dict[str, Any], present: bool) -> TaskSection:
@@ -409,7 +434,7 @@ class _Reader:
         # A key the chosen kind ignores would silently search something else than the file says.
         for key in _IGNORED_BY_KIND[kind]:
             if key in t:
-                other = "layer_decay" if kind == "per_group" else "per_group"
+                other = "per_group" if key == "lr_ranges" else "layer_decay"
                 self.problem(
                     f"[space] {key}",
                     f"applies to kind = {other!r} only; remove it or set kind = {other!r}",
@@ -504,6 +529,17 @@ class _Reader:
         grad_clip = self.take(s, t, "grad_clip", float, None, above=0.0)
         momentum = self.take(s, t, "momentum", float, d.momentum, minimum=0.0)
         freeze_bn = self.take(s, t, "freeze_batchnorm", bool, d.freeze_batchnorm)
+        prefix_cache = self.take(s, t, "prefix_cache", bool, d.prefix_cache)
+        cache_mb = self.take(s, t, "cache_mb", int, d.cache_mb, minimum=1)
+        cache_dir = self.take(s, t, "cache_dir", str, None)
+        if cache_dir is not None and not cache_dir.strip():
+            self.problem("[train] cache_dir", "must be a directory path, got an empty string")
+            cache_dir = None
+        if cache_dir is not None and not prefix_cache:
+            # cache_mb is not checked so: a spec's to_dict writes its default back.
+            self.problem(
+                "[train] cache_dir", "has no effect unless prefix_cache = true; set it or remove it"
+            )
         self.unknown(
             s,
             t,
@@ -520,6 +556,9 @@ class _Reader:
                 "grad_clip",
                 "momentum",
                 "freeze_batchnorm",
+                "prefix_cache",
+                "cache_mb",
+                "cache_dir",
             ),
         )
         return TrainSection(
@@ -535,6 +574,9 @@ class _Reader:
             grad_clip,
             momentum,
             freeze_bn,
+            prefix_cache=prefix_cache,
+            cache_mb=cache_mb,
+            cache_dir=cache_dir,
         )
 
     def pruner(self, t: dict[str, Any]) -> PrunerSection:

@@ -1,14 +1,24 @@
 """Where studies live: storage URLs to Optuna RDB storages, and studies created, checked and loaded.
 
-The URL comes from ``--storage``, then ``$LRSEARCH_STORAGE``, then ``sqlite:///lrsearch.db``.
+The URL comes from ``--storage``, then ``--storage-file``, then ``$LRSEARCH_STORAGE``, then the file
+named by ``$LRSEARCH_STORAGE_FILE``, then ``sqlite:///lrsearch.db`` (:func:`resolve_url`): a URL
+read from a file or the environment stays off command lines, where any user can read it.
 
 - SQLite (one machine): the file is switched to WAL mode, so readers do not block the writer, and
   every connection waits up to a minute for a lock instead of failing with "database is locked".
   Connections use ``synchronous=NORMAL``, which WAL makes safe from corruption: a commit no longer
   waits for the disk (a trial is a dozen commits), and a power cut can lose only the last commits.
+  A file on a network filesystem (NFS, SMB, sshfs) is refused: SQLite's locks and WAL's shared
+  memory do not work across machines (``$LRSEARCH_ALLOW_NETWORK_SQLITE=1`` overrides, with a
+  warning).
 - PostgreSQL (many workers, many machines): ``postgresql://`` means psycopg 3; connections are
   checked before use (``pool_pre_ping``: PostgreSQL and proxies drop idle ones) and recycled, and
   each process keeps a small pool, so many workers do not exhaust the server's connection slots.
+
+Workers survive a database that comes and goes: :func:`open_storage` can wait for a server that is
+not up yet (``wait``; ``$LRSEARCH_DB_WAIT`` for the commands), and :class:`ResilientStorage` retries
+a call that failed on a lost connection or a locked SQLite file, with backoff, for up to
+:data:`STORAGE_RETRY_S` seconds.
 
 A study keeps its spec in its user attributes (``lrsearch.spec``): running the same study name with
 a different search is refused, and readers never need the original file. Passwords are masked in
@@ -17,43 +27,169 @@ every message (``mask_url``).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import json
+import logging
 import os
 import re
 import sqlite3
 import time
+from collections.abc import Callable, Container, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, quote_plus
 
 import optuna
+import sqlalchemy
 import sqlalchemy.event
 import sqlalchemy.exc
+from optuna.distributions import BaseDistribution
+from optuna.study import StudyDirection
+from optuna.study._frozen import FrozenStudy
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import URL, make_url
 
 from lrsearch.errors import SpecError, StorageError, StudyMismatchError, StudyNotFoundError
 from lrsearch.spec import StudySpec
 
 ENV_VAR = "LRSEARCH_STORAGE"
+FILE_ENV_VAR = "LRSEARCH_STORAGE_FILE"  # a file holding the URL (a Docker / Kubernetes secret)
+WAIT_ENV_VAR = "LRSEARCH_DB_WAIT"  # seconds `run`, `create` and `worker` wait for the database
+NETWORK_SQLITE_ENV_VAR = "LRSEARCH_ALLOW_NETWORK_SQLITE"
 DEFAULT_URL = "sqlite:///lrsearch.db"
 SPEC_ATTR = "lrsearch.spec"
 # Where lrsearch keeps what readers need (here, so that readers need not import torch):
 GROUPS_ATTR = "lrsearch.groups"  # study: {group: [pattern, ...]}, in order
 # trial: {"lrs": {group: lr} for every group (0.0 = frozen), "weight_decay": float | None,
-# "host": the worker's host name}; one attribute, so a trial costs one extra write, not three.
+# "host": the worker's host name, "pid": its process id}; one attribute, so a trial costs one
+# extra write, not four.
 TRIAL_ATTR = "lrsearch.trial"
 OUTCOME_ATTR = "lrsearch.outcome"  # trial: pruned | diverged | failed | interrupted
 REASON_ATTR = "lrsearch.reason"  # trial: why it diverged or failed
+# A trial queued again (same parameters) names the trial it re-runs, which then no longer counts
+# against the budget; and how often this configuration has lost its worker so far.
+RETRY_OF_ATTR = "lrsearch.retry_of"
+LOSSES_ATTR = "lrsearch.losses"
+LOST_REASON = "worker lost"  # the reason of a trial failed because its worker stopped beating
 SQLITE_BUSY_TIMEOUT_S = 60
 # How long to wait for the spec of a study another worker has just created (its two writes are
 # not one transaction).
 SPEC_WAIT_S = 5.0
+DEFAULT_DB_WAIT_S = 60.0
+# How long a storage call is retried on a lost connection / locked file before the worker gives up
+# (its trial is then found stale and re-run by another worker).
+STORAGE_RETRY_S = 60.0
+_BACKOFF_START_S = 0.25
+_BACKOFF_MAX_S = 5.0
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# Filesystems where several machines may open one SQLite file: its locks do not hold there.
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb",
+        "smb2",
+        "smb3",
+        "smbfs",
+        "sshfs",
+        "fuse.sshfs",
+        "9p",
+        "ceph",
+        "fuse.ceph",
+        "glusterfs",
+        "fuse.glusterfs",
+        "lustre",
+        "gpfs",
+        "afs",
+        "beegfs",
+        "davfs",
+        "fuse.s3fs",
+        "fuse.gcsfuse",
+        "fuse.rclone",
+    }
+)
 _QUERY_SECRET = re.compile(r"(?i)([?&;](?:password|passwd|pwd)=)[^&;]*")
+# Connection errors that waiting will not cure.
+_FATAL_DB_ERRORS = (
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",
+    "permission denied",
+    "no such table",
+    "no such column",
+    "file is not a database",
+    "readonly database",
+    "unable to open database file",
+)
+
+_log = logging.getLogger("lrsearch")
+T = TypeVar("T")
 
 
-def resolve_url(url: str | None = None) -> str:
-    """The storage URL in force: the argument, then ``$LRSEARCH_STORAGE``, then the default."""
-    return url or os.environ.get(ENV_VAR) or DEFAULT_URL
+def resolve_url(url: str | None = None, *, file: str | Path | None = None) -> str:
+    """The storage URL in force.
+
+    In order: ``url``, the URL in ``file``, ``$LRSEARCH_STORAGE``, the URL in the file named by
+    ``$LRSEARCH_STORAGE_FILE``, then ``sqlite:///lrsearch.db``.
+
+    Raises:
+        StorageError: A URL file that cannot be read or holds no URL.
+    """
+    if url:
+        return url
+    if file is not None:
+        return read_url_file(file)
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return env
+    env_file = os.environ.get(FILE_ENV_VAR)
+    if env_file:
+        return read_url_file(env_file, source=f"${FILE_ENV_VAR}")
+    return DEFAULT_URL
+
+
+def read_url_file(path: str | Path, *, source: str = "--storage-file") -> str:
+    """The storage URL in a file: its first non-blank line, stripped (a trailing newline is fine).
+
+    Raises:
+        StorageError: The file cannot be read or holds no URL (its content is never shown).
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise StorageError(
+            f"{source} {str(p)!r}: cannot read the storage URL file ({e.strerror or e})"
+        ) from None
+    except UnicodeDecodeError:
+        raise StorageError(f"{source} {str(p)!r}: not a UTF-8 text file") from None
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    raise StorageError(f"{source} {str(p)!r} is empty; write the storage URL on its first line")
+
+
+def db_wait() -> float:
+    """Seconds to wait for a database that is not up yet: ``$LRSEARCH_DB_WAIT``, default 60.
+
+    Raises:
+        StorageError: The variable is not a number >= 0.
+    """
+    raw = os.environ.get(WAIT_ENV_VAR)
+    if raw is None or not raw.strip():
+        return DEFAULT_DB_WAIT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also NaN
+        raise StorageError(f"${WAIT_ENV_VAR} must be a number of seconds >= 0, got {raw!r}")
+    return value
 
 
 def mask_url(url: str) -> str:
@@ -119,6 +255,7 @@ def _prepare_sqlite(parsed: URL, shown: str, *, create: bool) -> None:
             f"storage {shown!r}: no database file {database!r}; check --storage (or "
             f"${ENV_VAR}), or run a study there first"
         )
+    _check_local_filesystem(path, shown)
     try:
         # WAL persists in the file; set it before Optuna's engine opens it.
         with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
@@ -128,16 +265,78 @@ def _prepare_sqlite(parsed: URL, shown: str, *, create: bool) -> None:
         raise StorageError(f"storage {shown!r} is not a usable SQLite database: {e}") from e
 
 
-def open_storage(url: str | None = None, *, create: bool = True) -> optuna.storages.RDBStorage:
+def filesystem_of(path: str | Path, mounts: str | None = None) -> tuple[str, str] | None:
+    """The mount point and type of the filesystem that holds ``path``.
+
+    Args:
+        path: A file or folder; a file that does not exist yet is looked up by its folder.
+        mounts: The text of ``/proc/mounts``; read from there by default.
+
+    Returns:
+        ``(mount point, filesystem type)``, or ``None`` where the mount table cannot be read (not
+        Linux).
+    """
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+    p = Path(path)
+    target = str((p if p.exists() else p.parent).resolve())
+    best: tuple[str, str] | None = None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        # /proc/mounts writes a space in a mount point as \040 (and tab, newline, \\ alike).
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        # The last of equally long matches wins: a later mount hides an earlier one there.
+        if inside and (best is None or len(point) >= len(best[0])):
+            best = (point, fields[2])
+    return best
+
+
+def _check_local_filesystem(path: Path, shown: str) -> None:
+    found = filesystem_of(path)
+    if found is None:
+        return
+    point, fstype = found
+    if fstype in NETWORK_FILESYSTEMS:
+        message = (
+            f"storage {shown!r} is on a network filesystem ({fstype} at {point!r}): SQLite's locks "
+            "do not hold across machines and a shared file gets corrupted; use PostgreSQL for "
+            "workers on several machines, or a local path for one machine"
+        )
+        if os.environ.get(NETWORK_SQLITE_ENV_VAR) != "1":
+            raise StorageError(f"{message} (${NETWORK_SQLITE_ENV_VAR}=1 overrides)")
+        _log.warning("lrsearch: warning: %s", message)
+    elif fstype == "fuse" or fstype.startswith("fuse."):
+        _log.warning(
+            "lrsearch: warning: storage %r is on a FUSE filesystem (%s at %r); if that is a "
+            "network share, SQLite's locks do not hold there: use PostgreSQL",
+            shown,
+            fstype,
+            point,
+        )
+
+
+def open_storage(
+    url: str | None = None, *, create: bool = True, wait: float = 0.0
+) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage for ``url`` (resolved as in :func:`resolve_url`).
 
     Args:
         url: Storage URL; ``None`` resolves as in :func:`resolve_url`.
         create: Whether a missing SQLite file may be created; readers pass ``False`` so that a typo
             in ``--storage`` is reported instead of leaving an empty database behind.
+        wait: Seconds to keep trying, with backoff, while the database cannot be reached (a
+            server still starting, as in a compose start); 0 fails at once. Wrong credentials or
+            a missing database fail at once either way.
 
     Raises:
-        StorageError: The URL is invalid, its driver is missing, or the database cannot be reached.
+        StorageError: The URL is invalid, its driver is missing, or the database cannot be reached
+            (within ``wait``).
     """
     raw = resolve_url(url)
     shown = mask_url(raw)
@@ -146,18 +345,42 @@ def open_storage(url: str | None = None, *, create: bool = True) -> optuna.stora
         _prepare_sqlite(parsed, shown, create=create)
     # Optuna fills the URL in with str.format: braces must reach it doubled.
     rendered = parsed.render_as_string(hide_password=False).replace("{", "{{").replace("}", "}}")
-    try:
-        storage = optuna.storages.RDBStorage(rendered, engine_kwargs=_engine_kwargs(parsed))
-    except ImportError as e:
-        raise StorageError(
-            f"storage {shown!r} needs a database driver: {e}; for PostgreSQL install "
-            "'lrsearch[postgres]'"
-        ) from e
-    except (sqlalchemy.exc.SQLAlchemyError, ValueError, RuntimeError, KeyError, IndexError) as e:
-        lines = str(getattr(e, "orig", None) or e).strip().splitlines()
-        detail = _hide(lines[0] if lines else type(e).__name__, parsed.password)
-        # `from None`: the chained driver error may repeat the connection parameters.
-        raise StorageError(f"cannot open storage {shown!r}: {detail}") from None
+    start = time.monotonic()
+    delay = _BACKOFF_START_S
+    while True:
+        try:
+            storage = optuna.storages.RDBStorage(rendered, engine_kwargs=_engine_kwargs(parsed))
+            break
+        except ImportError as e:
+            raise StorageError(
+                f"storage {shown!r} needs a database driver: {e}; for PostgreSQL install "
+                "'lrsearch[postgres]'"
+            ) from e
+        except (
+            sqlalchemy.exc.SQLAlchemyError,
+            optuna.exceptions.StorageInternalError,
+            ValueError,
+            RuntimeError,
+            KeyError,
+            IndexError,
+        ) as e:
+            detail = _detail(e, parsed.password)
+            waited = time.monotonic() - start
+            if is_transient(e) and waited < wait:
+                if delay == _BACKOFF_START_S:
+                    _log.warning(
+                        "lrsearch: waiting up to %.0f s for storage %r (%s)", wait, shown, detail
+                    )
+                time.sleep(min(delay, wait - waited))
+                delay = min(2 * delay, _BACKOFF_MAX_S)
+                continue
+            if waited > 1.0:
+                # `from None`: the chained driver error may repeat the connection parameters.
+                raise StorageError(
+                    f"cannot reach storage {shown!r} after {waited:.0f} s: {detail}; check that "
+                    f"the database is up and the URL is right (${WAIT_ENV_VAR} sets the wait)"
+                ) from None
+            raise StorageError(f"cannot open storage {shown!r}: {detail}") from None
     if parsed.get_backend_name() == "sqlite":
         sqlalchemy.event.listen(storage.engine, "connect", _sqlite_connect)
         storage.engine.dispose()  # the connections Optuna opened to create its tables lack it
@@ -166,6 +389,37 @@ def open_storage(url: str | None = None, *, create: bool = True) -> optuna.stora
 
 def _sqlite_connect(dbapi_connection: Any, record: Any) -> None:
     dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+
+def _detail(error: BaseException, password: str | None) -> str:
+    """The first line of the database's own message, password hidden."""
+    cause: Any = error
+    if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__ is not None:
+        cause = error.__cause__
+    lines = str(getattr(cause, "orig", None) or cause).strip().splitlines()
+    return _hide(lines[0] if lines else type(cause).__name__, password)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a storage error may pass if the call is tried again: a lost or refused connection, a
+    server starting or shutting down, a locked SQLite file; not bad credentials or a bad schema."""
+    seen: set[int] = set()
+    err: BaseException | None = error
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, sqlalchemy.exc.PendingRollbackError):
+            # A connection lost inside a transaction that was then used again (Optuna retries a
+            # failed query in the same session); the session is rolled back, a new call works.
+            return True
+        connection_error = isinstance(
+            err, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+        ) or (isinstance(err, sqlalchemy.exc.DBAPIError) and err.connection_invalidated)
+        if connection_error or isinstance(err, sqlite3.OperationalError):
+            text = str(getattr(err, "orig", None) or err).lower()
+            return not any(fatal in text for fatal in _FATAL_DB_ERRORS)
+        # Optuna wraps SQLAlchemy's errors in StorageInternalError (`from e`).
+        err = err.__cause__
+    return False
 
 
 def _hide(text: str, password: str | None) -> str:
@@ -308,9 +562,395 @@ def trial_lrs(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
 
 
 def trial_info(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """Everything lrsearch stored about a trial when it started: lrs, weight_decay, host."""
+    """Everything lrsearch stored about a trial when it started: lrs, weight_decay, host, pid."""
     info = dict(trial.user_attrs.get(TRIAL_ATTR, {}))
     info.setdefault("lrs", {})
     info.setdefault("weight_decay", None)
     info.setdefault("host", None)
+    info.setdefault("pid", None)
     return info
+
+
+class ResilientStorage(optuna.storages.BaseStorage):
+    """An RDB storage whose calls outlive a lost connection or a locked SQLite file.
+
+    Every call goes through Optuna's own cache of finished trials (what ``optuna.load_study`` on a
+    URL uses) and is tried again, with backoff, while it fails on a transient error
+    (:func:`is_transient`): a PostgreSQL restart, a connection killed by the server or a proxy, a
+    SQLite lock held longer than its busy timeout. After ``retry_s`` seconds it gives up with a
+    :class:`StorageError` naming the storage (masked).
+
+    The few storage writes that are not idempotent may repeat when a connection drops after the
+    server committed but before it answered: a new trial (``ask``) may then leave an extra trial
+    RUNNING without a heartbeat. That needs a failure inside a commit's last round trip.
+
+    Args:
+        backend: The storage from :func:`open_storage`.
+        shown: Its URL, masked, for messages.
+        retry_s: How long one call keeps trying.
+    """
+
+    def __init__(
+        self,
+        backend: optuna.storages.RDBStorage,
+        *,
+        shown: str,
+        retry_s: float = STORAGE_RETRY_S,
+    ) -> None:
+        self.backend = backend
+        self.shown = shown
+        self.retry_s = retry_s
+        self.recoveries = 0  # calls that failed at first and then went through
+        self._inner = optuna.storages._CachedStorage(backend)
+        self._conn: sqlalchemy.Connection | None = None
+
+    def _on_connection(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)`` on a connection of lrsearch's own, kept open in autocommit.
+
+        A look before every trial and a first heartbeat after it would otherwise each check a
+        connection out (a ping to the server), open a transaction and roll it back: on PostgreSQL
+        four round trips where one or two do. Main thread only. A connection that failed is
+        dropped; the next call (`call` retries) opens another.
+        """
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self._conn = self.backend.engine.connect().execution_options(
+                isolation_level="AUTOCOMMIT"
+            )
+        try:
+            return fn(self._conn, *args)
+        except Exception:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Give lrsearch's own connection back to the pool (reopened when needed)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # A dead connection may fail to close: the pool has discarded it already.
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, tried again while it fails on a transient storage error.
+
+        Raises:
+            StorageError: It kept failing for ``retry_s`` seconds.
+        """
+        start: float | None = None
+        delay = _BACKOFF_START_S
+        while True:
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                now = time.monotonic()
+                if start is None:
+                    start = now
+                    _log.warning(
+                        "lrsearch: storage %r: %s; trying again for up to %.0f s",
+                        self.shown,
+                        _detail(e, self.backend.engine.url.password),
+                        self.retry_s,
+                    )
+                if now - start >= self.retry_s:
+                    raise StorageError(
+                        f"storage {self.shown!r} kept failing for {now - start:.0f} s: "
+                        f"{_detail(e, self.backend.engine.url.password)}; check the database"
+                    ) from None
+                time.sleep(min(delay, start + self.retry_s - now))
+                delay = min(2 * delay, _BACKOFF_MAX_S)
+                continue
+            if start is not None:
+                self.recoveries += 1
+                _log.warning(
+                    "lrsearch: storage %r answers again after %.1f s",
+                    self.shown,
+                    time.monotonic() - start,
+                )
+            return result
+
+    # BaseStorage, each call through `call`.
+    def create_new_study(
+        self, directions: Sequence[StudyDirection], study_name: str | None = None
+    ) -> int:
+        return self.call(self._inner.create_new_study, directions, study_name)
+
+    def delete_study(self, study_id: int) -> None:
+        self.call(self._inner.delete_study, study_id)
+
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        self.call(self._inner.set_study_user_attr, study_id, key, value)
+
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+        self.call(self._inner.set_study_system_attr, study_id, key, value)
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        return self.call(self._inner.get_study_id_from_name, study_name)
+
+    def get_study_name_from_id(self, study_id: int) -> str:
+        return self.call(self._inner.get_study_name_from_id, study_id)
+
+    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
+        return self.call(self._inner.get_study_directions, study_id)
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        return self.call(self._inner.get_study_user_attrs, study_id)
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        return self.call(self._inner.get_study_system_attrs, study_id)
+
+    def get_all_studies(self) -> list[FrozenStudy]:
+        return self.call(self._inner.get_all_studies)
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return self.call(self._inner.create_new_trial, study_id, template_trial)
+
+    def set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: BaseDistribution,
+    ) -> None:
+        self.call(
+            self._inner.set_trial_param, trial_id, param_name, param_value_internal, distribution
+        )
+
+    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
+        return self.call(
+            self._inner.get_trial_id_from_study_id_trial_number, study_id, trial_number
+        )
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        return self.call(self._inner.set_trial_state_values, trial_id, state, values)
+
+    def set_trial_intermediate_value(
+        self, trial_id: int, step: int, intermediate_value: float
+    ) -> None:
+        self.call(self._inner.set_trial_intermediate_value, trial_id, step, intermediate_value)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.call(self._inner.set_trial_user_attr, trial_id, key, value)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.call(self._inner.set_trial_system_attr, trial_id, key, value)
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        return self.call(self._inner.get_trial, trial_id)
+
+    def get_all_trials(
+        self,
+        study_id: int,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        return self.call(self._inner.get_all_trials, study_id, deepcopy, states)
+
+    def get_best_trial(self, study_id: int) -> FrozenTrial:
+        return self.call(self._inner.get_best_trial, study_id)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Mark a new trial alive now (the database's clock); main thread only."""
+        try:
+            self.call(self._on_connection, _first_heartbeat, trial_id)
+        except sqlalchemy.exc.IntegrityError:  # it has a heartbeat already
+            self.call(self.backend.record_heartbeat, trial_id)
+
+    def heartbeat_ages(self, study_id: int) -> dict[int, float | None]:
+        """Seconds since the last heartbeat of each RUNNING trial of a study, by trial id.
+
+        ``None`` for a trial that never had one. Ages are measured on the database's clock, so
+        workers on machines whose clocks differ agree. Main thread only.
+        """
+        rows = self.call(self._on_connection, _running_rows, study_id)
+        return {r.trial_id: r.age for r in rows}
+
+    def count(self, study_id: int) -> BudgetCount:
+        """Where a study stands against its budget, in one query; ``running`` counts every
+        RUNNING trial, alive or not (:meth:`look` tells them apart). Main thread only."""
+        return self.call(self._on_connection, _count, study_id)
+
+    def look(self, study_id: int, *, grace: float, orphan_after: float) -> StudyLook:
+        """Where a study stands against its budget, and which running trials lost their worker.
+
+        Two small queries, whatever the size of the study (a worker looks before every trial:
+        reading all trials back would cost more than the rest of lrsearch's bookkeeping). Main
+        thread only.
+
+        Args:
+            study_id: The study.
+            grace: A RUNNING trial whose last heartbeat is older is lost.
+            orphan_after: A RUNNING trial that never had a heartbeat and started longer ago is
+                lost (its worker died between creating it and its first heartbeat).
+        """
+        return self.call(self._on_connection, _look, study_id, grace, orphan_after)
+
+
+def _tables() -> tuple[sqlalchemy.Table, sqlalchemy.Table, sqlalchemy.Table]:
+    # Optuna's own tables, whose schema its migrations keep stable. Optuna's stale-trial check
+    # skips trials that never had a heartbeat and needs the storage's heartbeat settings (with
+    # which `ask` warns); counting from its trial objects reads every attribute of every trial.
+    from optuna.storages._rdb import models
+
+    return (
+        models.TrialModel.__table__,
+        models.TrialHeartbeatModel.__table__,
+        models.TrialUserAttributeModel.__table__,
+    )
+
+
+@functools.cache
+def _statements() -> dict[str, Any]:
+    """The statements of a look, built once: building one costs more than running it."""
+    trials, beats, attrs = _tables()
+    study_id: Any = sqlalchemy.bindparam("study_id")
+    running = (
+        sqlalchemy.select(
+            trials.c.trial_id,
+            trials.c.datetime_start,
+            beats.c.heartbeat,
+            sqlalchemy.func.now(),
+        )
+        .select_from(trials.outerjoin(beats, beats.c.trial_id == trials.c.trial_id))
+        .where(trials.c.study_id == study_id, trials.c.state == TrialState.RUNNING)
+    )
+    # The budget rule (`counts_against_budget`) in SQL: not interrupted, not re-run elsewhere.
+    interrupted = sqlalchemy.exists().where(
+        attrs.c.trial_id == trials.c.trial_id,
+        attrs.c.key == OUTCOME_ATTR,
+        attrs.c.value_json == json.dumps("interrupted"),
+    )
+    rerun, retry = trials.alias(), attrs.alias()
+    replaced = (
+        sqlalchemy.select(retry.c.value_json)
+        .select_from(retry.join(rerun, rerun.c.trial_id == retry.c.trial_id))
+        .where(rerun.c.study_id == study_id, retry.c.key == RETRY_OF_ATTR)
+    )
+    by_state = (
+        sqlalchemy.select(trials.c.state, sqlalchemy.func.count())
+        .where(
+            trials.c.study_id == study_id,
+            ~interrupted,
+            # value_json of a number is its decimal text, never NULL
+            sqlalchemy.cast(trials.c.number, sqlalchemy.String).not_in(replaced),
+        )
+        .group_by(trials.c.state)
+    )
+    first_beat = sqlalchemy.insert(beats).values(
+        trial_id=sqlalchemy.bindparam("trial_id"), heartbeat=sqlalchemy.func.current_timestamp()
+    )
+    return {"running": running, "by_state": by_state, "first_beat": first_beat}
+
+
+def _first_heartbeat(conn: sqlalchemy.Connection, trial_id: int) -> None:
+    # A new trial has no heartbeat yet: one INSERT instead of Optuna's read-then-write.
+    conn.execute(_statements()["first_beat"], {"trial_id": trial_id})
+
+
+@dataclass(frozen=True)
+class _Running:
+    trial_id: int
+    started_utc: datetime | None
+    age: float | None  # seconds since the last heartbeat; None: never had one
+
+
+def _running_rows(conn: sqlalchemy.Connection, study_id: int) -> list[_Running]:
+    out = []
+    for trial_id, started, beat, now in conn.execute(
+        _statements()["running"], {"study_id": study_id}
+    ):
+        age = None
+        if beat is not None:
+            # As Optuna: PostgreSQL answers now() with a time zone, the column has none.
+            age = (now.replace(tzinfo=None) - beat).total_seconds()
+        out.append(_Running(trial_id, started, age))
+    return out
+
+
+@dataclass(frozen=True)
+class StudyLook:
+    """One look at a study: where it stands against its budget, and its lost trials."""
+
+    count: BudgetCount  # `running`: the trials with a live heartbeat
+    lost: tuple[int, ...]  # ids of RUNNING trials whose worker is gone
+
+
+def _count(conn: sqlalchemy.Connection, study_id: int) -> BudgetCount:
+    rows = conn.execute(_statements()["by_state"], {"study_id": study_id}).all()
+    counts: dict[TrialState, int] = {state: n for state, n in rows}
+    return BudgetCount(
+        counted=sum(counts.get(state, 0) for state in FINISHED),
+        running=counts.get(TrialState.RUNNING, 0),
+        waiting=counts.get(TrialState.WAITING, 0),
+    )
+
+
+def _look(
+    conn: sqlalchemy.Connection, study_id: int, grace: float, orphan_after: float
+) -> StudyLook:
+    running = _running_rows(conn, study_id)
+    count = _count(conn, study_id)
+    now_utc = datetime.now(timezone.utc).replace(tzinfo=None)  # datetime_start is naive UTC
+    lost = []
+    for r in running:
+        if r.age is None:
+            if (
+                r.started_utc is not None
+                and (now_utc - r.started_utc).total_seconds() > orphan_after
+            ):
+                lost.append(r.trial_id)
+        elif r.age > grace:
+            lost.append(r.trial_id)
+    alive = sum(1 for r in running if r.age is not None and r.age <= grace)
+    return StudyLook(dataclasses.replace(count, running=alive), tuple(lost))
+
+
+@dataclass(frozen=True)
+class BudgetCount:
+    """Where a study stands against its budget of ``n_trials`` finished trials."""
+
+    counted: int  # finished trials that count against the budget
+    running: int  # trials being trained now
+    waiting: int  # queued trials: re-runs of lost or interrupted trials, or enqueued by hand
+
+    def start_another(self, budget: int) -> bool:
+        """Whether a worker should start a trial: queued work, or room the running ones leave."""
+        if self.counted >= budget:
+            return False
+        return self.waiting > 0 or self.counted + self.running < budget
+
+
+def counts_against_budget(trial: FrozenTrial, replaced: Container[int]) -> bool:
+    """Whether a stored trial counts against the budget: finished, not stopped by an interrupt,
+    and not queued again (``replaced``: the numbers named by some trial's ``lrsearch.retry_of``;
+    the re-run counts instead)."""
+    return (
+        trial.state in FINISHED
+        and trial.user_attrs.get(OUTCOME_ATTR) != "interrupted"
+        and trial.number not in replaced
+    )
+
+
+def count_budget(trials: Iterable[FrozenTrial], *, running: int | None = None) -> BudgetCount:
+    """How far a study's trials are towards its budget (the rule: :mod:`lrsearch.search`).
+
+    Args:
+        trials: All trials of the study.
+        running: How many trials are being trained now; default every RUNNING trial. The search
+            passes those with a heartbeat: a trial without one can never be found stale, and
+            waiting for it could last forever.
+    """
+    trials = list(trials)
+    replaced = {t.user_attrs[RETRY_OF_ATTR] for t in trials if RETRY_OF_ATTR in t.user_attrs}
+    return BudgetCount(
+        counted=sum(1 for t in trials if counts_against_budget(t, replaced)),
+        running=(
+            running
+            if running is not None
+            else sum(1 for t in trials if t.state == TrialState.RUNNING)
+        ),
+        waiting=sum(1 for t in trials if t.state == TrialState.WAITING),
+    )

@@ -87,3 +87,24 @@ def exploding_factory() -> TensorClassificationTask:
 def not_a_task() -> object:
     """Returns something that is not a task."""
     return object()
+
+
+class _SleepyTask(TensorClassificationTask):
+    """``tiny``, whose every training step sleeps first: a trial of known length, idle CPU."""
+
+    sleep_s: float = 0.0
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        import time
+
+        time.sleep(self.sleep_s)
+        return super().loss(model, batch)
+
+
+def sleepy(sleep_s: float = 0.05, n_train: int = 64) -> TensorClassificationTask:
+    """``tiny`` whose training steps sleep ``sleep_s`` each (``n_train / batch_size`` steps an
+    epoch), for tests of worker processes: a trial lasts long enough to be killed mid-way."""
+    base = tiny(n_train=n_train)
+    task = _SleepyTask(base.model_fn, base.x_train, base.y_train, base.x_val, base.y_val)
+    task.sleep_s = sleep_s
+    return task
