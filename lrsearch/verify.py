@@ -1,0 +1,398 @@
+"""Is the winner real or lucky? Retrain a trial's config with fresh seeds and compare.
+
+A search keeps the best of many noisy trials, so the winner's value is biased upwards: part of it
+may be a lucky seed. ``verify_trial`` retrains the chosen trial's per-group rates (default: the
+best trial) with ``K`` seeds the search never used, and does the same for the best trial that
+trained every group at one shared rate (the "single learning rate" baseline), if the study has
+one. It returns each seed's value, the mean, spread and range per config, and a plain-language
+verdict: does the winner beat the single rate by more than their combined spread?
+
+Results are stored with the study, never in its trials: one study user attribute per verified
+trial, ``lrsearch.verify.<trial>`` (schema ``lrsearch/verify/v1``), holding the trial's rates and
+one entry per run (seed, value, outcome, seconds, device, host, UTC timestamp). Calling again with
+the same ``K`` reads them back without training; a larger ``K`` trains only the missing seeds.
+Seeds are ``10000, 10001, ...``, skipping any seed a trial of the search trained with, so the
+verification is out of sample; both configs train with the same seeds (paired data orders).
+
+Torch and the trainer are imported inside :func:`verify_trial`: readers of the stored results
+(``stored_verifications``) need only Optuna.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import statistics
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import TrialState
+
+from lrsearch.errors import LrsearchError, TrialFailure
+from lrsearch.storage import load_study, stored_spec, trial_info
+
+if TYPE_CHECKING:
+    from lrsearch.trainer import TrainResult
+
+ATTR_PREFIX = "lrsearch.verify."
+SCHEMA = "lrsearch/verify/v1"
+# Far above the seeds of any realistic search (study seed + trial number), and skipped if not.
+SEED_BASE = 10_000
+# Rates within this relative tolerance count as one rate (a JSON round trip may move the last bit).
+SAME_RATE_REL_TOL = 1e-9
+
+RunCallback = Callable[[str, int, dict[str, Any]], None]
+
+
+def verify_attr(trial: int) -> str:
+    """The study user attribute that holds the verification runs of ``trial``."""
+    return f"{ATTR_PREFIX}{trial}"
+
+
+def stored_verifications(study: optuna.Study) -> dict[int, dict[str, Any]]:
+    """Every verification stored with ``study``, by trial number (no training, no torch)."""
+    out: dict[int, dict[str, Any]] = {}
+    for key, value in study.user_attrs.items():
+        number = key[len(ATTR_PREFIX) :]
+        if key.startswith(ATTR_PREFIX) and number.isdigit() and isinstance(value, dict):
+            out[int(number)] = value
+    return out
+
+
+def is_single_rate(lrs: dict[str, float]) -> bool:
+    """Whether every group trains (none frozen) at one shared rate.
+
+    Example:
+        >>> is_single_rate({"body": 1e-3, "head": 1e-3})
+        True
+        >>> is_single_rate({"body": 0.0, "head": 1e-3})
+        False
+    """
+    rates = list(lrs.values())
+    if not rates or not all(r > 0 for r in rates):
+        return False
+    return all(math.isclose(r, rates[0], rel_tol=SAME_RATE_REL_TOL) for r in rates)
+
+
+def verify_seeds(k: int, taken: set[int]) -> list[int]:
+    """The first ``k`` verification seeds: ``SEED_BASE`` upwards, skipping ``taken``."""
+    seeds: list[int] = []
+    seed = SEED_BASE
+    while len(seeds) < k:
+        if seed not in taken:
+            seeds.append(seed)
+        seed += 1
+    return seeds
+
+
+def summarize(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean, sample standard deviation, min and max of the finite values; failures counted apart.
+
+    ``std`` is ``None`` with fewer than two finite values (one seed has no spread).
+    """
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return {
+        "n": len(finite),
+        "failed": len(values) - len(finite),
+        "mean": statistics.fmean(finite) if finite else None,
+        "std": statistics.stdev(finite) if len(finite) > 1 else None,
+        "min": min(finite) if finite else None,
+        "max": max(finite) if finite else None,
+    }
+
+
+def verify_trial(
+    storage: optuna.storages.BaseStorage,
+    study_name: str,
+    *,
+    trial: int | None = None,
+    seeds: int = 3,
+    device: str | None = None,
+    on_run: RunCallback | None = None,
+    train_fn: Callable[..., TrainResult] | None = None,
+) -> dict[str, Any]:
+    """Retrain a trial's config (and the best single-rate trial) with ``seeds`` fresh seeds.
+
+    Args:
+        storage: The study's storage.
+        study_name: The study; its stored spec defines the task and the training.
+        trial: The trial to verify, which must be complete; default: the best trial.
+        seeds: How many seeds per config (runs already stored for those seeds are reused).
+        device: ``auto`` (default), ``cpu``, ``cuda`` or ``cuda:N``.
+        on_run: Called as ``on_run(role, trial, run)`` after each new run (progress).
+        train_fn: The trainer (``train_trial``'s signature); replaceable in tests.
+
+    Returns:
+        Plain data: ``study``, ``direction``, ``seeds``, ``configs`` (per config: ``role``
+        ``winner`` or ``reference``, ``trial``, ``lrs``, ``search_value``, ``runs``, ``stats``,
+        ``new_runs``, ``attr``), ``reference_note``, ``comparison`` (``difference``, ``spread``)
+        or ``None``, and ``verdict``, one or two sentences.
+
+    Raises:
+        LrsearchError: ``seeds`` < 1, the study has no complete trial, or ``trial`` does not exist
+            or is not complete.
+        StudyNotFoundError: No such study.
+        StorageError: The study was not created by lrsearch.
+    """
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise LrsearchError(f"seeds must be an integer >= 1, got {seeds!r}")
+    study = load_study(storage, study_name)
+    spec = stored_spec(study)
+    trials = study.get_trials(deepcopy=False)
+    chosen = _pick(study, trials, trial)
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    reference, reference_note = _reference(trials, chosen, maximize)
+
+    search_seed = spec.study.seed or 0
+    run_seeds = verify_seeds(seeds, {search_seed + t.number for t in trials})
+    prepared: Any = None  # built on the first run to train: stored runs need no task, no torch
+    configs = []
+    for role, frozen in (("winner", chosen), ("reference", reference)):
+        if frozen is None:
+            continue
+        info = trial_info(frozen)
+        attr = verify_attr(frozen.number)
+        known = {r["seed"]: r for r in _stored_runs(storage, study, attr)}
+        runs, new = [], 0
+        for seed in run_seeds:
+            if seed not in known:
+                if prepared is None:
+                    prepared = _prepare(spec, device, train_fn)
+                run = _train_one(prepared, info, seed, device)
+                known[seed] = run
+                new += 1
+                _store(storage, study, frozen, info, search_seed, run)
+                if on_run is not None:
+                    on_run(role, frozen.number, run)
+            runs.append(known[seed])
+        configs.append(
+            {
+                "role": role,
+                "trial": frozen.number,
+                "lrs": dict(info["lrs"]),
+                "weight_decay": info["weight_decay"],
+                "search_value": frozen.value,
+                "runs": runs,
+                "stats": summarize([r["value"] for r in runs]),
+                "new_runs": new,
+                "attr": attr,
+            }
+        )
+    comparison = _compare(configs, maximize)
+    return {
+        "study": study_name,
+        "direction": "maximize" if maximize else "minimize",
+        "seeds": run_seeds,
+        "configs": configs,
+        "reference_note": reference_note,
+        "comparison": comparison,
+        "verdict": _verdict(configs, comparison, reference_note, maximize),
+    }
+
+
+def _pick(
+    study: optuna.Study, trials: list[optuna.trial.FrozenTrial], number: int | None
+) -> optuna.trial.FrozenTrial:
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    if number is None:
+        if not complete:
+            raise LrsearchError(
+                f"study {study.study_name!r} has no complete trial to verify; run more trials "
+                "first (`lrsearch run`)"
+            )
+        chosen = study.best_trial
+    else:
+        if not 0 <= number < len(trials):
+            last = f"0..{len(trials) - 1}" if trials else "none"
+            raise LrsearchError(
+                f"study {study.study_name!r} has no trial {number} (trials: {last}); check --trial"
+            )
+        chosen = trials[number]
+        if chosen.state != TrialState.COMPLETE:
+            raise LrsearchError(
+                f"trial {number} of study {study.study_name!r} is {chosen.state.name}, not "
+                "COMPLETE; verify a complete trial (`lrsearch best --top 5` lists them)"
+            )
+    if not trial_info(chosen)["lrs"]:
+        raise LrsearchError(
+            f"trial {chosen.number} of study {study.study_name!r} has no stored rates; it was "
+            "not run by lrsearch"
+        )
+    return chosen
+
+
+def _reference(
+    trials: list[optuna.trial.FrozenTrial], chosen: optuna.trial.FrozenTrial, maximize: bool
+) -> tuple[optuna.trial.FrozenTrial | None, str]:
+    """The best complete single-rate trial other than ``chosen``, and a note on the choice."""
+    if is_single_rate(trial_info(chosen)["lrs"]):
+        return None, (
+            f"trial {chosen.number} itself trains every group at one rate: there is no "
+            "per-group gain to check against a single rate"
+        )
+    single = [
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE
+        and t.value is not None
+        and t.number != chosen.number
+        and is_single_rate(trial_info(t)["lrs"])
+    ]
+    if not single:
+        return None, (
+            "the study has no single-learning-rate trial (a complete trial with every group "
+            "trained at one rate) to compare with"
+        )
+    sign = -1.0 if maximize else 1.0
+    best = min(single, key=lambda t: (sign * float(t.value or 0.0), t.number))
+    rate = next(iter(trial_info(best)["lrs"].values()))
+    return best, f"reference: trial {best.number}, the best single-rate trial (lr {rate:.3g})"
+
+
+def _prepare(spec: Any, device: str | None, train_fn: Callable[..., TrainResult] | None) -> Any:
+    """The task, groups and trainer, built once (torch is imported here, not at import time)."""
+    from lrsearch.search import prepare
+    from lrsearch.trainer import train_trial
+
+    return prepare(spec, device=device), train_fn or train_trial
+
+
+def _train_one(
+    prepared: Any, info: dict[str, Any], seed: int, device: str | None
+) -> dict[str, Any]:
+    from lrsearch.space import Sample
+
+    setup, train = prepared
+    sample = Sample(lrs=dict(info["lrs"]), weight_decay=info["weight_decay"])
+    run: dict[str, Any] = {"seed": seed, "value": None, "outcome": "complete", "reason": None}
+    try:
+        result = train(setup.task, setup.groups, sample, setup.spec.train, device=device, seed=seed)
+    except TrialFailure as e:
+        # A seed that diverges is evidence too (an unstable config): kept, never raised.
+        run.update(outcome="diverged" if e.diverged else "failed", reason=e.reason)
+        run.update(seconds=None, device=device or "auto")
+    else:
+        value = float(result.value)
+        if math.isfinite(value):
+            run["value"] = value
+        else:
+            run.update(outcome="diverged", reason=f"diverged: final value is {value}")
+        run.update(seconds=round(result.seconds, 3), device=result.device)
+    run["host"] = socket.gethostname()
+    run["at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return run
+
+
+def _stored_runs(
+    storage: optuna.storages.BaseStorage, study: optuna.Study, attr: str
+) -> list[dict[str, Any]]:
+    # Read from the storage, not the study object: another `verify` may have stored runs since.
+    record = storage.get_study_user_attrs(study._study_id).get(attr)
+    if not isinstance(record, dict) or not isinstance(record.get("runs"), list):
+        return []
+    return [r for r in record["runs"] if isinstance(r, dict) and isinstance(r.get("seed"), int)]
+
+
+def _store(
+    storage: optuna.storages.BaseStorage,
+    study: optuna.Study,
+    trial: optuna.trial.FrozenTrial,
+    info: dict[str, Any],
+    search_seed: int,
+    run: dict[str, Any],
+) -> None:
+    """Add ``run`` to the trial's record, after each run: an interrupted verify keeps its work."""
+    attr = verify_attr(trial.number)
+    # Re-read just before writing, so runs another process stored meanwhile are kept.
+    runs = [r for r in _stored_runs(storage, study, attr) if r["seed"] != run["seed"]]
+    record = {
+        "schema": SCHEMA,
+        "trial": trial.number,
+        "lrs": dict(info["lrs"]),
+        "weight_decay": info["weight_decay"],
+        "search_value": trial.value,
+        "search_seed": search_seed + trial.number,
+        "runs": sorted([*runs, run], key=lambda r: r["seed"]),
+    }
+    storage.set_study_user_attr(study._study_id, attr, record)
+
+
+def _compare(configs: list[dict[str, Any]], maximize: bool) -> dict[str, Any] | None:
+    if len(configs) < 2:
+        return None
+    w, r = configs[0]["stats"], configs[1]["stats"]
+    if w["mean"] is None or r["mean"] is None:
+        return {"difference": None, "advantage": None, "spread": None}
+    difference = w["mean"] - r["mean"]
+    spread = w["std"] + r["std"] if w["std"] is not None and r["std"] is not None else None
+    return {
+        "difference": difference,
+        # Positive when the winner is better, whichever the direction.
+        "advantage": difference if maximize else -difference,
+        "spread": spread,
+    }
+
+
+def _verdict(
+    configs: list[dict[str, Any]],
+    comparison: dict[str, Any] | None,
+    reference_note: str,
+    maximize: bool,
+) -> str:
+    winner = configs[0]
+    stats = winner["stats"]
+    n_runs = len(winner["runs"])
+    parts = []
+    if stats["failed"]:
+        parts.append(
+            f"trial {winner['trial']} diverged or failed on {stats['failed']} of {n_runs} "
+            "seed(s): the config is unstable"
+        )
+    if comparison is None:
+        parts.append(reference_note)
+        if stats["mean"] is not None and winner["search_value"] is not None:
+            parts.append(_luck(winner, maximize))
+        return "; ".join(parts) + "."
+    ref = configs[1]
+    advantage, spread = comparison["advantage"], comparison["spread"]
+    w, r = winner["trial"], ref["trial"]
+    if advantage is None:
+        parts.append("no seed of one config finished, so there is nothing to compare")
+    elif advantage <= 0:
+        parts.append(
+            f"the single-rate reference (trial {r}) is as good or better on average "
+            f"(by {abs(advantage):.3g}): the per-group gain of trial {w} did not hold up"
+        )
+    elif spread is None:
+        parts.append(
+            f"trial {w} is ahead of the single-rate reference (trial {r}) by {advantage:.3g}, "
+            "but one seed has no spread to judge by; verify with more seeds (--seeds 3 or more)"
+        )
+    elif advantage > spread:
+        parts.append(
+            f"trial {w} beats the single-rate reference (trial {r}) by {advantage:.3g}, more "
+            f"than their combined spread ({spread:.3g}): the gain looks real"
+        )
+    else:
+        parts.append(
+            f"trial {w} is ahead of the single-rate reference (trial {r}) by {advantage:.3g}, "
+            f"within their combined spread ({spread:.3g}): it may be luck; more seeds would tell"
+        )
+    return "; ".join(parts) + "."
+
+
+def _luck(winner: dict[str, Any], maximize: bool) -> str:
+    stats, value = winner["stats"], float(winner["search_value"])
+    best = stats["max"] if maximize else stats["min"]
+    better = value > best if maximize else value < best
+    if better:
+        return (
+            f"its search value {value:.4g} is better than every verification seed "
+            f"(mean {stats['mean']:.4g}): part of it was a lucky seed"
+        )
+    return (
+        f"its search value {value:.4g} is within the verification seeds' range "
+        f"({stats['min']:.4g} to {stats['max']:.4g}, mean {stats['mean']:.4g})"
+    )
