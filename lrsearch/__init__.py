@@ -103,6 +103,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from lrsearch.analysis import load_trials
     from lrsearch.errors import (
         ExportError,
         GroupError,
@@ -115,7 +116,6 @@ if TYPE_CHECKING:
     )
     from lrsearch.export import build_optimizer, export_config, load_config, to_python
     from lrsearch.groups import LayerGroups, build_param_groups, make_optimizer, resolve_groups
-    from lrsearch.analysis import load_trials
     from lrsearch.search import SearchSummary, TrialOutcome, run_search, run_worker
     from lrsearch.space import Sample, SearchSpace
     from lrsearch.spec import StudySpec, load_spec

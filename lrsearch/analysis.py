@@ -25,6 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from lrsearch.errors import LrsearchError
+from lrsearch.pick import Rule, cost, metric, pareto_front, pick, rank
 
 # Not from lrsearch.search: that imports torch, and `lrsearch best` should start fast.
 from lrsearch.storage import (
@@ -53,6 +54,7 @@ _FIXED_COLUMNS = (
     "number",
     "state",
     "value",
+    "cost",
     "duration_s",
     "pruned_step",
     "reason",
@@ -73,22 +75,18 @@ _STATE_NAMES = {
 def list_studies(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
     """One row per study: name, direction, trial counts by outcome, best value, whether lrsearch's.
 
-    A multi-objective study (not lrsearch's, but it may share the database) shows its directions
-    joined by commas and no best value.
+    A study with several objectives shows its directions joined by commas; its best value is the
+    best first objective (lrsearch's metric) when the study is lrsearch's, else none.
     """
     rows = []
     for s in storage.get_all_studies():
         trials = storage.get_all_trials(s._study_id, deepcopy=False)
         states = [t.state for t in trials]
         best = None
-        if len(s.directions) == 1:
-            values = [
-                float(t.value)
-                for t in trials
-                if t.state == TrialState.COMPLETE and t.value is not None
-            ]
+        if len(s.directions) == 1 or SPEC_ATTR in s.user_attrs:
             maximize = s.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-            best = (max(values) if maximize else min(values)) if values else None
+            ranked = rank(trials, maximize=maximize)
+            best = metric(ranked[0]) if ranked else None
         rows.append(
             {
                 "study": s.study_name,
@@ -113,7 +111,8 @@ def trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     return {
         "trial": trial.number,
         "state": outcome,
-        "value": trial.value,
+        "value": trial.values[0] if trial.values else None,
+        "cost": cost(trial),
         "lrs": lrs,
         "frozen": [g for g, lr in lrs.items() if lr == 0],
         "weight_decay": info["weight_decay"],
@@ -124,34 +123,38 @@ def trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
 
 
 def best_trials(
-    storage: optuna.storages.BaseStorage, study_name: str, *, top: int = 1
+    storage: optuna.storages.BaseStorage,
+    study_name: str,
+    *,
+    top: int = 1,
+    rule: Rule | None = None,
+    front: bool = False,
 ) -> list[dict[str, Any]]:
-    """The ``top`` complete trials of a study, best first.
+    """The ``top`` complete trials of a study, best metric first (ties: the earliest).
+
+    Args:
+        rule: Pick one trial by a trade of metric against cost (:mod:`lrsearch.pick`); then the
+            result is that one trial, and ``top`` must be 1.
+        front: Only the trials on the Pareto front of metric against cost.
 
     Raises:
         StudyNotFoundError: No such study.
-        LrsearchError: The study has no complete trial yet.
+        LrsearchError: The study has no complete trial yet, or none meets ``rule``.
     """
     if top < 1:
         raise LrsearchError(f"--top must be >= 1, got {top}")
-    study = load_study(storage, study_name)
-    if len(study.directions) > 1:
-        raise LrsearchError(
-            f"study {study_name!r} has {len(study.directions)} objectives; lrsearch ranks "
-            "single-objective studies only"
-        )
-    complete = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.value is not None
-    ]
-    if not complete:
+    study = _readable(load_study(storage, study_name))
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not rank(trials, maximize=maximize):
         raise LrsearchError(
             f"study {study_name!r} has no complete trial yet; run it with `lrsearch run`"
         )
-    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-    # Ties go to the earliest trial.
-    ranked = sorted(complete, key=lambda t: (sign * float(t.value or 0.0), t.number))
+    if rule is not None and (rule.within is not None or rule.max_cost is not None):
+        if top != 1 or front:
+            raise LrsearchError("--within / --max-cost pick one trial; drop --top and --front")
+        return [trial_record(pick(trials, maximize=maximize, rule=rule))]
+    ranked = pareto_front(trials, maximize=maximize) if front else rank(trials, maximize=maximize)
     return [trial_record(t) for t in ranked[:top]]
 
 
@@ -162,11 +165,12 @@ def _open(storage: optuna.storages.BaseStorage | str | None) -> optuna.storages.
     return storage
 
 
-def _single_objective(study: optuna.Study) -> optuna.Study:
-    if len(study.directions) > 1:
+def _readable(study: optuna.Study) -> optuna.Study:
+    # One objective, or lrsearch's two: the metric and the training cost ([study] cost).
+    if len(study.directions) > 1 and SPEC_ATTR not in study.user_attrs:
         raise LrsearchError(
-            f"study {study.study_name!r} has {len(study.directions)} objectives; lrsearch reads "
-            "single-objective studies only"
+            f"study {study.study_name!r} has {len(study.directions)} objectives and was not made "
+            "by lrsearch; lrsearch reads its own two-objective studies (metric, cost) only"
         )
     return study
 
@@ -201,11 +205,11 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """The trials of a loaded study as a DataFrame; see :func:`load_trials` for the columns.
 
     Raises:
-        LrsearchError: The study has several objectives.
+        LrsearchError: The study has several objectives and is not lrsearch's.
     """
     import pandas as pd
 
-    _single_objective(study)
+    _readable(study)
     groups = study_groups(study)
     trials = study.get_trials(deepcopy=False)
     infos = [trial_info(t) for t in trials]
@@ -216,7 +220,13 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     cols: dict[str, Any] = {
         "number": pd.Series([t.number for t in trials], dtype="int64"),
         "state": pd.Series([trial_state(t) for t in trials]),
-        "value": pd.Series([_float(t.value) for t in trials], dtype="float64"),
+        "value": pd.Series(
+            [_float(t.values[0]) if t.values else math.nan for t in trials], dtype="float64"
+        ),
+        "cost": pd.Series(
+            [_float(cost(t)) if t.state == TrialState.COMPLETE else math.nan for t in trials],
+            dtype="float64",
+        ),
         "duration_s": pd.Series(
             [t.duration.total_seconds() if t.duration else math.nan for t in trials],
             dtype="float64",
@@ -267,7 +277,9 @@ def load_trials(storage: optuna.storages.BaseStorage | str | None, study_name: s
     """A study's trials as a pandas DataFrame, one row per trial, in trial order.
 
     Columns: ``number``; ``state`` (complete, pruned, diverged, failed, interrupted, running,
-    waiting); ``value`` (Optuna's: a pruned trial's is its last evaluation); ``duration_s``;
+    waiting); ``value`` (the metric; Optuna's: a pruned trial's is its last evaluation);
+    ``cost`` (a complete trial's training cost: the second objective of a study with ``[study]
+    cost``, else its wall seconds; see :mod:`lrsearch.pick`); ``duration_s``;
     ``lr.<group>`` for every group in the study's order (0.0 = frozen, NaN = never sampled);
     ``frozen.<group>`` (nullable bool); ``weight_decay`` and any other searched knob;
     ``pruned_step`` (the last reported step of a pruned or diverged trial); ``reason`` (why it
@@ -285,7 +297,7 @@ def load_trials(storage: optuna.storages.BaseStorage | str | None, study_name: s
     Raises:
         StorageError: The storage cannot be opened.
         StudyNotFoundError: No such study (the message lists the studies there are).
-        LrsearchError: The study has several objectives.
+        LrsearchError: The study has several objectives and is not lrsearch's.
 
     Example:
         >>> df = load_trials("sqlite:///lrsearch.db", "quickstart")
@@ -716,7 +728,7 @@ def _derived_study(
 
     derived = optuna.create_study(
         storage=optuna.storages.InMemoryStorage(),
-        direction=study.direction.name.lower(),  # type: ignore[arg-type]
+        direction=study.directions[0].name.lower(),  # type: ignore[arg-type]
     )
     dists: dict[str, BaseDistribution] = {
         name: FloatDistribution(min(xs), max(xs)) for name, xs in columns.items()

@@ -296,24 +296,69 @@ def studies(storage: str | None) -> None:
     click.echo(_table(keys, [[r[k] for k in keys] for r in rows]))
 
 
+def pick_options(fn: F) -> F:
+    """``--within`` / ``--max-cost``: pick a trial by trading the metric against training cost."""
+    fn = click.option(
+        "--max-cost",
+        type=float,
+        default=None,
+        help="The best metric among trials that cost at most this (seconds, or the study's cost).",
+    )(fn)
+    return click.option(
+        "--within",
+        type=float,
+        default=None,
+        help="The cheapest trial whose metric is within this of the best (0.005: half a point).",
+    )(fn)
+
+
+def _rule(within: float | None, max_cost: float | None) -> Any:
+    from lrsearch.pick import Rule
+
+    return Rule(within=within, max_cost=max_cost)
+
+
 @main.command()
 @study_option
 @storage_option
 @click.option("--top", type=click.IntRange(min=1), default=1, help="How many trials, best first.")
+@click.option(
+    "--front", is_flag=True, help="Only the Pareto front of metric against training cost."
+)
+@pick_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-def best(study: str, storage: str | None, top: int, fmt: str) -> None:
+def best(
+    study: str,
+    storage: str | None,
+    top: int,
+    front: bool,
+    within: float | None,
+    max_cost: float | None,
+    fmt: str,
+) -> None:
     """Show the best trial(s) of a study and their per-group rates."""
     from lrsearch.analysis import best_trials
     from lrsearch.storage import open_storage
 
-    records = best_trials(open_storage(storage, create=False), study, top=top)
+    records = best_trials(
+        open_storage(storage, create=False),
+        study,
+        top=top,
+        rule=_rule(within, max_cost),
+        front=front,
+    )
     if fmt == "json":
-        click.echo(json.dumps(records[0] if top == 1 else records, indent=2))
+        click.echo(json.dumps(records[0] if top == 1 and not front else records, indent=2))
         return
     groups = list(records[0]["lrs"])
-    headers = ["trial", "value", *groups]
+    headers = ["trial", "value", "cost", *groups]
     rows = [
-        [r["trial"], r["value"], *[_lr_text(r["lrs"].get(g, math.nan)) for g in groups]]
+        [
+            r["trial"],
+            r["value"],
+            "" if r["cost"] is None else f"{r['cost']:.4g}",
+            *[_lr_text(r["lrs"].get(g, math.nan)) for g in groups],
+        ]
         for r in records
     ]
     click.echo(_table(headers, rows))
@@ -379,6 +424,7 @@ def report(study: str, storage: str | None, output: Path) -> None:
 @study_option
 @storage_option
 @click.option("--trial", type=click.IntRange(min=0), default=None, help="Default: the best trial.")
+@pick_options
 @click.option("--format", "fmt", type=click.Choice(["json", "python"]), default="json")
 @click.option(
     "-o",
@@ -388,13 +434,23 @@ def report(study: str, storage: str | None, output: Path) -> None:
     help="Write to this file instead of stdout.",
 )
 def export(
-    study: str, storage: str | None, trial: int | None, fmt: str, output: Path | None
+    study: str,
+    storage: str | None,
+    trial: int | None,
+    within: float | None,
+    max_cost: float | None,
+    fmt: str,
+    output: Path | None,
 ) -> None:
     """Export a trial's optimizer config for your own training script."""
     from lrsearch.export import export_config, to_python
     from lrsearch.storage import open_storage
 
-    config = export_config(open_storage(storage, create=False), study, trial)
+    if trial is not None and (within is not None or max_cost is not None):
+        raise click.UsageError("--trial names the trial; --within / --max-cost pick one: give one")
+    config = export_config(
+        open_storage(storage, create=False), study, trial, rule=_rule(within, max_cost)
+    )
     text = json.dumps(config, indent=2) + "\n" if fmt == "json" else to_python(config)
     if output is None:
         click.echo(text, nl=False)

@@ -23,27 +23,30 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
-from lrsearch.errors import ExportError, GroupError
+from lrsearch.errors import ExportError, GroupError, LrsearchError
 from lrsearch.groups import build_param_groups, make_optimizer, resolve_groups
+from lrsearch.pick import Rule, pick
 from lrsearch.storage import GROUPS_ATTR, load_study, stored_spec, trial_info
 
 SCHEMA = "lrsearch/optimizer-config/v1"
 _OPTIMIZER_NAMES = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD"}
 
 
-def pick_trial(study: optuna.Study, number: int | None = None) -> optuna.trial.FrozenTrial:
-    """The study's best trial, or trial ``number``, which must be complete.
+def pick_trial(
+    study: optuna.Study, number: int | None = None, rule: Rule | None = None
+) -> optuna.trial.FrozenTrial:
+    """Trial ``number``, which must be complete, or the one ``rule`` picks (default: the best).
 
     Raises:
-        ExportError: No complete trial, no such trial, or the trial is not complete.
+        ExportError: No complete trial, no such trial, the trial is not complete, or no trial meets
+            ``rule``.
     """
     if number is None:
+        maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
         try:
-            return study.best_trial
-        except ValueError:
-            raise ExportError(
-                f"study {study.study_name!r} has no complete trial yet; run more trials first"
-            ) from None
+            return pick(study.get_trials(deepcopy=False), maximize=maximize, rule=rule)
+        except LrsearchError as e:
+            raise ExportError(f"study {study.study_name!r}: {e}") from None
     trials = study.get_trials(deepcopy=False)
     if not 0 <= number < len(trials):
         raise ExportError(
@@ -59,9 +62,14 @@ def pick_trial(study: optuna.Study, number: int | None = None) -> optuna.trial.F
 
 
 def export_config(
-    storage: optuna.storages.BaseStorage, study_name: str, trial: int | None = None
+    storage: optuna.storages.BaseStorage,
+    study_name: str,
+    trial: int | None = None,
+    *,
+    rule: Rule | None = None,
 ) -> dict[str, Any]:
-    """The optimizer config of a trial (default: the best) as a JSON-ready dict.
+    """The optimizer config of a trial (default: the best, or the one ``rule`` picks) as JSON-ready
+    data.
 
     Raises:
         StorageError: No such study, or not an lrsearch study.
@@ -69,7 +77,7 @@ def export_config(
     """
     study = load_study(storage, study_name)
     spec = stored_spec(study)
-    chosen = pick_trial(study, trial)
+    chosen = pick_trial(study, trial, rule)
     info = trial_info(chosen)
     lrs: dict[str, float] = info["lrs"]
     patterns: dict[str, list[str]] = study.user_attrs.get(GROUPS_ATTR) or {
@@ -90,8 +98,8 @@ def export_config(
         "schema": SCHEMA,
         "study": study_name,
         "trial": chosen.number,
-        "value": chosen.value,
-        "direction": study.direction.name.lower(),
+        "value": chosen.values[0],
+        "direction": study.directions[0].name.lower(),
         "optimizer": {"name": _OPTIMIZER_NAMES[spec.train.optimizer], "kwargs": kwargs},
         "train": {
             "epochs": spec.train.epochs,

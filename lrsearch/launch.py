@@ -200,6 +200,7 @@ def progress_of(trials: Sequence[Any], direction: str) -> Progress:
     """
     from optuna.trial import TrialState
 
+    from lrsearch.pick import metric
     from lrsearch.storage import RETRY_OF_ATTR, counts_against_budget
 
     replaced = {t.user_attrs[RETRY_OF_ATTR] for t in trials if RETRY_OF_ATTR in t.user_attrs}
@@ -212,12 +213,8 @@ def progress_of(trials: Sequence[Any], direction: str) -> Progress:
             counted[t.state] += 1
         running += t.state == TrialState.RUNNING
         waiting += t.state == TrialState.WAITING
-        if (
-            t.state == TrialState.COMPLETE
-            and t.value is not None
-            and not math.isnan(t.value)
-            and (best is None or sign * (t.value - best.value) > 0)
-        ):
+        value = metric(t) if t.state == TrialState.COMPLETE else None
+        if value is not None and (best is None or sign * (value - (metric(best) or 0.0)) > 0):
             best = t
     complete, pruned = counted[TrialState.COMPLETE], counted[TrialState.PRUNED]
     failed = counted[TrialState.FAIL]
@@ -229,7 +226,7 @@ def progress_of(trials: Sequence[Any], direction: str) -> Progress:
         running=running,
         waiting=waiting,
         best_number=None if best is None else best.number,
-        best_value=None if best is None else best.value,
+        best_value=None if best is None else metric(best),
     )
 
 

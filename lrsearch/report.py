@@ -119,7 +119,7 @@ def collect(storage: optuna.storages.BaseStorage | str | None, study_name: str) 
     study = load_study(storage, study_name)
     trials = trials_frame(study)  # also refuses multi-objective studies
     groups = study_groups(study)
-    direction = study.direction.name.lower()
+    direction = study.directions[0].name.lower()
     ranges = searched_ranges(study, groups)
     return ReportData(
         study=study_name,

@@ -73,6 +73,7 @@ except ImportError:  # pragma: no cover
 
 from lrsearch.errors import LrsearchError, TaskError, TrialFailure
 from lrsearch.groups import LayerGroups, resolve_groups
+from lrsearch.pick import metric, rank
 from lrsearch.space import Sample, SearchSpace
 from lrsearch.spec import StudySpec
 from lrsearch.storage import (  # the attribute names are re-exported: they were defined here first
@@ -224,6 +225,16 @@ class Prepared:
     groups: LayerGroups
     space: SearchSpace
     direction: str
+    # Parameters per group, for [study] cost = "examples" (the share of the model that trains).
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def cost(self, result: TrainResult, sample: Sample) -> float:
+        """The trial's training cost, as ``[study] cost`` measures it (see lrsearch.pick)."""
+        if self.spec.study.cost == "examples":
+            total = sum(self.sizes.values()) or 1
+            trained = sum(n for g, n in self.sizes.items() if sample.lrs.get(g, 0.0) != 0)
+            return float(result.steps * self.spec.train.batch_size) * trained / total
+        return float(result.seconds)
 
 
 def prepare(spec: StudySpec, *, device: str | None = None, check_device: bool = True) -> Prepared:
@@ -257,7 +268,9 @@ def prepare(spec: StudySpec, *, device: str | None = None, check_device: bool = 
     groups = resolve_groups(model, spec.groups.patterns or None, auto_depth=spec.groups.auto_depth)
     space = SearchSpace(spec.space, groups.names)
     direction = spec.study.direction or task.direction
-    return Prepared(spec, task, groups, space, direction)
+    params = dict(model.named_parameters())
+    sizes = {g: sum(params[p].numel() for p in groups.members(g)) for g in groups.names}
+    return Prepared(spec, task, groups, space, direction, sizes)
 
 
 def _connect(url: str) -> ResilientStorage:
@@ -584,12 +597,17 @@ def _fail_if_running(study: optuna.Study, trial: optuna.Trial, *, requeue: bool)
 
 
 def _update_best(summary: SearchSummary, study: optuna.Study) -> None:
-    try:
-        best = study.best_trial
-    except ValueError:  # no complete trial yet
+    # Not study.best_trial: it refuses two-objective studies, and its choice among equal values
+    # depends on the database's row order; ours is the earliest.
+    ranked = rank(
+        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+        maximize=summary.direction == "maximize",
+    )
+    if not ranked:  # no complete trial yet
         return
+    best = ranked[0]
     summary.best_number = best.number
-    summary.best_value = best.value
+    summary.best_value = metric(best)
     summary.best_lrs = trial_lrs(best)
 
 
@@ -603,7 +621,10 @@ def _note_best(summary: SearchSummary, outcome: TrialOutcome) -> None:
 
 
 def _tell(
-    study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState
+    study: optuna.Study,
+    trial: optuna.Trial,
+    value: float | Sequence[float] | None,
+    state: TrialState,
 ) -> TrialState:
     """``study.tell`` without reading the finished trial back (what ``optimize`` does internally).
 
@@ -770,7 +791,8 @@ def _run_one(
     last_step = -1
     try:
         sample = prepared.space.sample(trial)
-        trial.set_user_attr(
+        loop.store.set_new_trial_user_attr(
+            trial._trial_id,
             TRIAL_ATTR,
             {
                 "lrs": sample.lrs,
@@ -780,9 +802,13 @@ def _run_one(
             },
         )
 
+        two_objectives = len(study.directions) > 1
+
         def report(step: int, value: float) -> None:
             nonlocal last_step
             last_step = max(last_step, step)
+            if two_objectives:
+                return  # Optuna takes no intermediate values (and prunes nothing) with two
             with stop.writing():
                 try:
                     trial.report(value, step)
@@ -821,7 +847,10 @@ def _run_one(
             f"trial {trial.number} failed in the task's code ({reason}); the trial is stored as "
             "failed and the study kept; fix the task (--debug shows the traceback) and run again"
         ) from e
-    return _finish(loop, trial, sample, start, "complete", value=result.value, step=last_step + 1)
+    cost = prepared.cost(result, sample) if prepared.spec.study.cost else None
+    return _finish(
+        loop, trial, sample, start, "complete", value=result.value, step=last_step + 1, cost=cost
+    )
 
 
 def _lost(trial: optuna.Trial, sample: Sample | None, start: float, grace: int) -> TrialOutcome:
@@ -851,10 +880,12 @@ def _finish(
     value: float | None = None,
     reason: str | None = None,
     step: int = 0,
+    cost: float | None = None,
 ) -> TrialOutcome:
     """Tell Optuna the trial's fate; the one place that decides it.
 
-    ``step`` is where a diverged trial's NaN is reported: one past its last report.
+    ``step`` is where a diverged trial's NaN is reported: one past its last report. ``cost`` is
+    the second objective of a study with ``[study] cost``.
     """
     if outcome == "complete":
         try:
@@ -879,10 +910,16 @@ def _finish(
             trial.set_user_attr(OUTCOME_ATTR, outcome)
         if reason and outcome != "pruned":
             trial.set_user_attr(REASON_ATTR, reason)
-        if outcome == "diverged":
+        two = len(loop.study.directions) > 1
+        if outcome == "diverged" and not two:
             # NaN as the last intermediate value: TPE ranks it worst among trials that got as far.
+            # (A two-objective trial takes no reports: it stays PRUNED without a value.)
             trial.report(math.nan, step)
-        told = _tell(loop.study, trial, value if state == TrialState.COMPLETE else None, state)
+        told_values: float | list[float] | None = None
+        if state == TrialState.COMPLETE:
+            assert value is not None
+            told_values = [value, float(cost if cost is not None else math.nan)] if two else value
+        told = _tell(loop.study, trial, told_values, state)
     except UpdateFinishedTrialError:
         told = None
     if told != state:  # another worker's sweep failed it first

@@ -51,6 +51,9 @@ class StudySection:
     # (its worker died): lrsearch.search then fails it and queues its parameters again.
     heartbeat_interval: int = 10
     grace_period: int = 30
+    # A second objective, minimised: the trial's training cost (lrsearch.pick says how it is
+    # measured). None: one objective, the task's metric.
+    cost: Literal["seconds", "examples"] | None = None
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,9 @@ class StudySpec:
     def search_dict(self) -> dict[str, Any]:
         """The parts that define what a study searches: all but its name and budget."""
         data = self.to_dict()
-        data["study"] = {k: v for k, v in data["study"].items() if k in ("direction", "seed")}
+        data["study"] = {
+            k: v for k, v in data["study"].items() if k in ("direction", "seed", "cost")
+        }
         return data
 
     @classmethod
@@ -248,6 +253,13 @@ class _Reader:
             # not reported as a second, misleading problem.
             named = tuple(n for n in tables["groups"] if _GROUP_NAME.match(n))
             self.problems.extend(group_ref_problems(space, named))
+        if study.cost is not None and pruner.kind != "none":
+            self.problem(
+                "[study] cost",
+                "makes the study two-objective (metric and cost), and Optuna cannot prune a "
+                'two-objective trial; set [pruner] kind = "none", or remove cost (lrsearch best '
+                "--within / --max-cost still trade metric against wall time)",
+            )
         if self.problems:
             raise SpecError(self.source, self.problems)
         return StudySpec(study, task, groups, space, train, pruner, sampler)
@@ -364,8 +376,9 @@ class _Reader:
                 f"must be > heartbeat_interval ({interval}), got {grace}; two or three intervals "
                 "leave room for a late heartbeat",
             )
+        cost = self.take(s, t, "cost", str, None, choices=("seconds", "examples"))
         known = ("name", "direction", "n_trials", "timeout", "seed")
-        self.unknown(s, t, (*known, "heartbeat_interval", "grace_period"))
+        self.unknown(s, t, (*known, "heartbeat_interval", "grace_period", "cost"))
         return StudySection(
             name,
             direction,
@@ -374,6 +387,7 @@ class _Reader:
             seed,
             interval,
             grace,
+            cost,
         )
 
     def task(self, t: dict[str, Any], present: bool) -> TaskSection:

@@ -507,7 +507,10 @@ def create_or_resume(
             storage=storage,
             sampler=sampler,
             pruner=pruner,
-            direction=direction,  # type: ignore[arg-type]
+            # [study] cost: a second objective, the trial's training cost, minimised.
+            directions=[StudyDirection[direction.upper()], StudyDirection.MINIMIZE][
+                : 2 if spec.study.cost else 1
+            ],
         )
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
@@ -752,6 +755,18 @@ class ResilientStorage(optuna.storages.BaseStorage):
     def get_best_trial(self, study_id: int) -> FrozenTrial:
         return self.call(self._inner.get_best_trial, study_id)
 
+    def set_new_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        """Set an attribute of a RUNNING trial of ours that does not have it yet; main thread only.
+
+        One INSERT on lrsearch's own connection: Optuna's ``set_trial_user_attr`` opens a session,
+        reads the trial to check that it is unfinished, then upserts, which costs a trial of a fast
+        study several percent of its time. The caller knows the trial is new and running.
+        """
+        try:
+            self.call(self._on_connection, _first_user_attr, trial_id, key, value)
+        except sqlalchemy.exc.IntegrityError:  # set already: Optuna's checked upsert
+            self.call(self._inner.set_trial_user_attr, trial_id, key, value)
+
     def record_heartbeat(self, trial_id: int) -> None:
         """Mark a new trial alive now (the database's clock); main thread only."""
         try:
@@ -842,12 +857,30 @@ def _statements() -> dict[str, Any]:
     first_beat = sqlalchemy.insert(beats).values(
         trial_id=sqlalchemy.bindparam("trial_id"), heartbeat=sqlalchemy.func.current_timestamp()
     )
-    return {"running": running, "by_state": by_state, "first_beat": first_beat}
+    first_attr = sqlalchemy.insert(attrs).values(
+        trial_id=sqlalchemy.bindparam("trial_id"),
+        key=sqlalchemy.bindparam("key"),
+        value_json=sqlalchemy.bindparam("value_json"),
+    )
+    return {
+        "running": running,
+        "by_state": by_state,
+        "first_beat": first_beat,
+        "first_attr": first_attr,
+    }
 
 
 def _first_heartbeat(conn: sqlalchemy.Connection, trial_id: int) -> None:
     # A new trial has no heartbeat yet: one INSERT instead of Optuna's read-then-write.
     conn.execute(_statements()["first_beat"], {"trial_id": trial_id})
+
+
+def _first_user_attr(conn: sqlalchemy.Connection, trial_id: int, key: str, value: Any) -> None:
+    # Stored as Optuna stores it (JSON text), so every reader of the study sees the same thing.
+    conn.execute(
+        _statements()["first_attr"],
+        {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)},
+    )
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import optuna
 from optuna.trial import TrialState
 
 from lrsearch.errors import LrsearchError, TrialFailure
+from lrsearch.pick import metric, rank
 from lrsearch.storage import load_study, stored_spec, trial_info
 
 if TYPE_CHECKING:
@@ -141,8 +142,8 @@ def verify_trial(
     study = load_study(storage, study_name)
     spec = stored_spec(study)
     trials = study.get_trials(deepcopy=False)
-    chosen = _pick(study, trials, trial)
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    chosen = _pick(study, trials, trial, maximize)
     reference, reference_note = _reference(trials, chosen, maximize)
 
     search_seed = spec.study.seed or 0
@@ -173,7 +174,7 @@ def verify_trial(
                 "trial": frozen.number,
                 "lrs": dict(info["lrs"]),
                 "weight_decay": info["weight_decay"],
-                "search_value": frozen.value,
+                "search_value": metric(frozen),
                 "runs": runs,
                 "stats": summarize([r["value"] for r in runs]),
                 "new_runs": new,
@@ -193,16 +194,19 @@ def verify_trial(
 
 
 def _pick(
-    study: optuna.Study, trials: list[optuna.trial.FrozenTrial], number: int | None
+    study: optuna.Study,
+    trials: list[optuna.trial.FrozenTrial],
+    number: int | None,
+    maximize: bool,
 ) -> optuna.trial.FrozenTrial:
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     if number is None:
-        if not complete:
+        ranked = rank(trials, maximize=maximize)
+        if not ranked:
             raise LrsearchError(
                 f"study {study.study_name!r} has no complete trial to verify; run more trials "
                 "first (`lrsearch run`)"
             )
-        chosen = study.best_trial
+        chosen = ranked[0]
     else:
         if not 0 <= number < len(trials):
             last = f"0..{len(trials) - 1}" if trials else "none"
@@ -236,7 +240,7 @@ def _reference(
         t
         for t in trials
         if t.state == TrialState.COMPLETE
-        and t.value is not None
+        and metric(t) is not None
         and t.number != chosen.number
         and is_single_rate(trial_info(t)["lrs"])
     ]
@@ -246,7 +250,7 @@ def _reference(
             "trained at one rate) to compare with"
         )
     sign = -1.0 if maximize else 1.0
-    best = min(single, key=lambda t: (sign * float(t.value or 0.0), t.number))
+    best = min(single, key=lambda t: (sign * (metric(t) or 0.0), t.number))
     rate = next(iter(trial_info(best)["lrs"].values()))
     return best, f"reference: trial {best.number}, the best single-rate trial (lr {rate:.3g})"
 
@@ -312,7 +316,7 @@ def _store(
         "trial": trial.number,
         "lrs": dict(info["lrs"]),
         "weight_decay": info["weight_decay"],
-        "search_value": trial.value,
+        "search_value": metric(trial),
         "search_seed": search_seed + trial.number,
         "runs": sorted([*runs, run], key=lambda r: r["seed"]),
     }

@@ -132,7 +132,7 @@ def test_one_row_per_trial_with_every_column(storage_url: str, study_name: str) 
     script = make_study(storage_url, study_name)
     df = lrsearch.load_trials(storage_url, study_name)
     assert list(df.columns) == [
-        "number", "state", "value", "duration_s",
+        "number", "state", "value", "cost", "duration_s",
         "lr.embed", "lr.body", "lr.head", "frozen.embed", "frozen.body", "frozen.head",
         "weight_decay", "pruned_step", "reason", "host",
         "datetime_start", "datetime_complete", "n_evaluations",
@@ -165,6 +165,11 @@ def test_one_row_per_trial_with_every_column(storage_url: str, study_name: str) 
         assert got["datetime_complete"] == pd.Timestamp(trial.datetime_complete), where
         assert got["duration_s"] == pytest.approx(trial.duration.total_seconds()), where
         assert got["duration_s"] >= 0
+        # One objective: a complete trial's cost is its wall time; other trials have none.
+        if state == "complete":
+            assert got["cost"] == pytest.approx(got["duration_s"]), where
+        else:
+            assert math.isnan(got["cost"]), where
     # Both branches of every freeze choice appear, so the flags were really tested.
     assert df["frozen.head"].eq(False).all()
     assert df["frozen.embed"].any() or df["frozen.body"].any()

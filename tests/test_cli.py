@@ -105,8 +105,10 @@ def test_best_table(finished: Finished) -> None:
     result = invoke("best", "--study", finished.name, "--storage", finished.url)
     assert result.exit_code == 0, result.output
     header, _, row = result.stdout.strip().splitlines()
-    assert header.split() == ["trial", "value", *GROUPS]
-    assert int(row.split()[0]) == finished.study.best_trial.number
+    assert header.split() == ["trial", "value", "cost", *GROUPS]
+    best = finished.study.best_trial
+    assert int(row.split()[0]) == best.number
+    assert float(row.split()[2]) == pytest.approx(best.duration.total_seconds(), rel=1e-3)
 
 
 def test_best_json_is_one_object(finished: Finished) -> None:

@@ -145,7 +145,8 @@ def test_redact(url: str, text: str, expected: str) -> None:
 
 def _trial(number: int, state: TrialState, value: float | None = None, **attrs: Any) -> Any:
     """What the progress reads of a stored trial (a NaN value is no valid ``FrozenTrial``)."""
-    return SimpleNamespace(number=number, state=state, value=value, user_attrs=attrs)
+    values = None if value is None else [value]
+    return SimpleNamespace(number=number, state=state, values=values, user_attrs=attrs)
 
 
 def test_progress_counts_what_the_budget_counts() -> None:

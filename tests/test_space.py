@@ -279,3 +279,37 @@ def test_seeded_tpe_is_reproducible() -> None:
 def test_sample_frozen() -> None:
     assert Sample({"a": 0.0, "b": 1e-3, "c": 0.0}).frozen == ("a", "c")
     assert replace(Sample({"a": 1.0}), weight_decay=0.1).frozen == ()
+
+
+def test_single_shares_one_rate_over_the_searched_groups() -> None:
+    space = SearchSpace(
+        SpaceSection(kind="single", lr=(1e-5, 1e-2), freeze=("emb",), fixed={"head": 0.5}), GROUPS
+    )
+    seen_frozen = seen_trained = False
+    for seed in range(12):
+        trial, sample = ask(space, seed=seed)
+        rate = trial.params["lr"]
+        assert trial.distributions["lr"] == FloatDistribution(1e-5, 1e-2, log=True)
+        assert set(trial.params) == {"lr", "freeze.emb"}
+        assert sample.lrs["head"] == 0.5  # fixed groups keep their rate
+        assert sample.lrs["low"] == sample.lrs["high"] == rate
+        if trial.params["freeze.emb"]:
+            seen_frozen = True
+            assert sample.lrs["emb"] == 0.0
+        else:
+            seen_trained = True
+            assert sample.lrs["emb"] == rate
+    assert seen_frozen and seen_trained
+
+
+@pytest.mark.parametrize("key", ["decay = [0.5, 0.9]", 'head = ["head"]', "lr_ranges = { }"])
+def test_single_rejects_the_keys_it_would_ignore(key: str, tmp_path: Any) -> None:
+    from lrsearch.spec import load_spec
+
+    path = tmp_path / "s.toml"
+    path.write_text(
+        f'[study]\nname = "x"\n[task]\nentry = "a.b:c"\n[groups]\nhead = ["head"]\n'
+        f'[space]\nkind = "single"\n{key}\n'
+    )
+    with pytest.raises(SpecError, match=r"applies to kind = '(per_group|layer_decay)' only"):
+        load_spec(path)

@@ -1,0 +1,137 @@
+"""Choosing a trial: the best metric, or a trade of the metric against training cost.
+
+A study has one objective (the task's metric), or two when ``[study] cost`` names a training cost
+(``"seconds"`` of training, or ``"examples"``: examples processed x the share of parameters that
+train), minimised: Optuna then keeps a Pareto front of metric against cost, and freezing, which
+makes a trial cheaper, becomes something the search can trade.
+
+Whatever the study, a trial is picked by one rule:
+
+- ``best`` (no option): the best metric; ties go to the earliest trial.
+- ``within=D``: the cheapest trial whose metric is within ``D`` of the best (in the metric's own
+  units: 0.005 is half a point of accuracy).
+- ``max_cost=C``: the best metric among the trials that cost at most ``C``.
+
+The cost of a trial is its stored second objective; in a one-objective study it is the trial's
+wall time (Optuna's start and end timestamps: model building included), so the rules work on any
+study. Only COMPLETE trials with a finite metric are candidates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from optuna.trial import FrozenTrial, TrialState
+
+from lrsearch.errors import LrsearchError
+
+COST_KINDS = ("seconds", "examples")
+
+
+def metric(trial: FrozenTrial) -> float | None:
+    """The trial's metric (its first objective); ``None`` when it has none or it is not finite."""
+    values = trial.values
+    if not values or values[0] is None:
+        return None
+    value = float(values[0])
+    return value if math.isfinite(value) else None
+
+
+def cost(trial: FrozenTrial) -> float | None:
+    """The trial's training cost: its second objective, else its wall seconds."""
+    values = trial.values
+    if values is not None and len(values) > 1:
+        return float(values[1])
+    if trial.duration is not None:
+        return trial.duration.total_seconds()
+    return None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How to pick one trial; at most one of ``within`` and ``max_cost`` is set."""
+
+    within: float | None = None
+    max_cost: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.within is not None and self.max_cost is not None:
+            raise LrsearchError("--within and --max-cost pick by different rules; give one of them")
+        if self.within is not None and not (self.within >= 0 and math.isfinite(self.within)):
+            raise LrsearchError(f"--within must be a finite number >= 0, got {self.within}")
+        if self.max_cost is not None and not (self.max_cost > 0):
+            raise LrsearchError(f"--max-cost must be > 0, got {self.max_cost}")
+
+    def describe(self, cost_name: str) -> str:
+        if self.within is not None:
+            return f"the cheapest ({cost_name}) within {self.within:g} of the best metric"
+        if self.max_cost is not None:
+            return f"the best metric at {cost_name} <= {self.max_cost:g}"
+        return "the best metric"
+
+
+def candidates(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    """The COMPLETE trials with a finite metric."""
+    return [t for t in trials if t.state == TrialState.COMPLETE and metric(t) is not None]
+
+
+def rank(trials: Iterable[FrozenTrial], *, maximize: bool) -> list[FrozenTrial]:
+    """Candidates best metric first; ties to the earliest trial."""
+    sign = -1.0 if maximize else 1.0
+    return sorted(candidates(trials), key=lambda t: (sign * (metric(t) or 0.0), t.number))
+
+
+def pareto_front(trials: Iterable[FrozenTrial], *, maximize: bool) -> list[FrozenTrial]:
+    """The candidates no other candidate beats on both metric and cost, best metric first."""
+    front: list[FrozenTrial] = []
+    cheapest = math.inf
+    sign = -1.0 if maximize else 1.0
+    # Among equal metrics the cheapest comes first: the others are dominated by it.
+    ordered = sorted(
+        candidates(trials),
+        key=lambda t: (sign * (metric(t) or 0.0), _cost_key(t), t.number),
+    )
+    for t in ordered:
+        c = cost(t)
+        if c is not None and c < cheapest:
+            front.append(t)
+            cheapest = c
+    return front
+
+
+def _cost_key(trial: FrozenTrial) -> float:
+    c = cost(trial)
+    return math.inf if c is None else c
+
+
+def pick(trials: Sequence[FrozenTrial], *, maximize: bool, rule: Rule | None = None) -> FrozenTrial:
+    """The trial ``rule`` chooses (the best metric when ``rule`` is ``None``).
+
+    Raises:
+        LrsearchError: No trial is complete yet, or none meets the rule (the message says what the
+            cheapest costs).
+    """
+    rule = rule or Rule()
+    ranked = rank(trials, maximize=maximize)
+    if not ranked:
+        raise LrsearchError("no complete trial yet; run the study first")
+    if rule.within is None and rule.max_cost is None:
+        return ranked[0]
+    costed = [t for t in ranked if cost(t) is not None]
+    if not costed:
+        raise LrsearchError("no complete trial has a recorded cost")
+    if rule.within is not None:
+        best = metric(ranked[0]) or 0.0
+        near = [t for t in costed if abs((metric(t) or 0.0) - best) <= rule.within + 1e-12]
+        return min(near, key=lambda t: (cost(t) or 0.0, ranked.index(t)))
+    assert rule.max_cost is not None
+    cheap = [t for t in costed if (cost(t) or 0.0) <= rule.max_cost]
+    if not cheap:
+        lowest = min(cost(t) or 0.0 for t in costed)
+        raise LrsearchError(
+            f"no complete trial costs at most {rule.max_cost:g} (the cheapest costs {lowest:.4g});"
+            " raise --max-cost"
+        )
+    return cheap[0]  # ranked order: the best metric among them
