@@ -473,3 +473,41 @@ def test_ctrl_c_stops_every_worker_and_leaves_no_trial_running(
     assert "stopping 2 worker(s)" in output
     if secret != url:  # a password (SQLite has none; its URL is printed, as it should be)
         assert secret not in output
+
+
+@pytest.mark.parametrize(
+    ("workers", "env", "cores", "expected"),
+    [
+        (4, {}, 16, 4),
+        (3, {}, 16, 5),
+        (8, {}, 2, 1),
+        (1, {}, 16, None),  # one worker: torch's own default
+        (4, {"OMP_NUM_THREADS": "7"}, 16, None),  # the user's choice wins
+        (2, {}, None, 1),
+    ],
+)
+def test_cpu_threads_share_the_cores(
+    workers: int, env: dict[str, str], cores: int | None, expected: int | None
+) -> None:
+    from lrsearch.launch import cpu_threads
+
+    assert cpu_threads(workers, env, cpu_count=cores) == expected
+
+
+def test_planned_workers_get_their_share_of_threads() -> None:
+    from lrsearch.launch import plan_workers
+
+    planned = plan_workers(
+        study="s", url="sqlite:///x.db", budget=4, n_workers=2, devices=None, base_env={}
+    )
+    expected = str(max(1, (os.cpu_count() or 1) // 2))
+    assert [w.env["OMP_NUM_THREADS"] for w in planned] == [expected, expected]
+    mine = plan_workers(
+        study="s",
+        url="sqlite:///x.db",
+        budget=4,
+        n_workers=2,
+        devices=None,
+        base_env={"OMP_NUM_THREADS": "3"},
+    )
+    assert [w.env["OMP_NUM_THREADS"] for w in mine] == ["3", "3"]
