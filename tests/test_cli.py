@@ -319,3 +319,22 @@ def test_a_foreign_multi_objective_study_does_not_break_the_readers(
 )
 def test_one_line(message: str, expected: str) -> None:
     assert one_line(message) == expected
+
+
+def test_progress_bar_times_the_first_trial_too() -> None:
+    from types import SimpleNamespace
+
+    from lrsearch.cli import _ProgressBar
+
+    bar = _ProgressBar()
+    bar.started -= 50.0  # as if the first trial took 50 s
+    summary = SimpleNamespace(
+        budget=3, already_finished=0, study="s", count=lambda _: 0, best_value=None
+    )
+    bar.update(None, summary)
+    try:
+        shown = bar.bar.format_dict
+        assert shown["elapsed"] >= 50.0
+        assert shown["rate"] == pytest.approx(1 / 50.0, rel=0.05)  # not thousands of trials/s
+    finally:
+        bar.close()
