@@ -44,6 +44,12 @@ worker too stays failed). A RUNNING trial that never had a heartbeat (its worker
 milliseconds between creating it and the first heartbeat) is swept :data:`ORPHAN_AFTER_S` seconds
 after it started. SIGTERM and SIGINT interrupt the trial in training at once; anywhere else (a
 storage write, a sweep) the worker stops at its next step, so a write is never cut in half.
+
+**Batches.** With ``[train] batch_trials = K`` above 1 a worker asks up to K trials at once (one at
+a time while the budget rule lets it start another), keeps them all alive with heartbeats and trains
+them together (:func:`lrsearch.batched.train_batched`); each trial still has its own seed, reports,
+pruning and fate (:func:`_finish`). Trials that cannot stack are trained one at a time, the reason
+logged once. An interrupt interrupts every trial of the batch not yet finished.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -71,6 +77,7 @@ try:  # private but stable since Optuna 3; the dependency is pinned below 6
 except ImportError:  # pragma: no cover
     _tell_with_warning = None  # type: ignore[assignment]
 
+from lrsearch.batched import BatchingUnsupported, train_batched
 from lrsearch.errors import LrsearchError, TaskError, TrialFailure
 from lrsearch.groups import LayerGroups, resolve_groups
 from lrsearch.pick import metric, rank
@@ -97,7 +104,7 @@ from lrsearch.storage import (  # the attribute names are re-exported: they were
     trial_lrs,
 )
 from lrsearch.tasks import Task, load_task
-from lrsearch.trainer import TrainResult, resolve_device, resolve_precision, train_trial
+from lrsearch.trainer import Report, TrainResult, resolve_device, resolve_precision, train_trial
 
 __all__ = [
     "FINISHED",
@@ -358,7 +365,9 @@ def run_search(
         timeout: Seconds after which no new trial starts; overrides ``[study] timeout``.
         device: ``auto`` (default), ``cpu``, ``cuda``, ``cuda:N``.
         on_trial: Called after every trial (a progress bar hangs here).
-        train_fn: The trainer (``train_trial``'s signature); replaceable for benchmarks.
+        train_fn: The trainer (``train_trial``'s signature); replaceable for benchmarks. Batched
+            trials (``[train] batch_trials``) train with ``train_batched``, and with it when they
+            cannot stack.
 
     Returns:
         What this run did; ``interrupted`` is set when Ctrl-C or SIGTERM stopped it.
@@ -410,7 +419,9 @@ def run_worker(
         n_trials: The study's total budget; default the stored ``[study] n_trials``.
         device: ``auto`` (default), ``cpu``, ``cuda``, ``cuda:N``.
         on_trial: Called after every trial this worker finishes.
-        train_fn: The trainer (``train_trial``'s signature); replaceable for benchmarks.
+        train_fn: The trainer (``train_trial``'s signature); replaceable for benchmarks. Batched
+            trials (``[train] batch_trials``) train with ``train_batched``, and with it when they
+            cannot stack.
 
     Returns:
         What this worker did; ``interrupted`` is set when a signal stopped it.
@@ -455,6 +466,8 @@ class _Loop:
     train_fn: TrainFn
     on_trial: OnTrial | None
     requeue_interrupted: bool
+    # Why a batch first fell back to one trial at a time (then logged as a warning), if one did.
+    fell_back: list[str] = field(default_factory=list)
 
     @property
     def grace(self) -> int:
@@ -498,17 +511,19 @@ def _search(loop: _Loop, summary: SearchSummary) -> SearchSummary:
                     stop.wait(POLL_S)
                     count = look()
                     continue
+                if loop.prepared.spec.train.batch_trials > 1:
+                    outcomes = _run_batch(loop, stop, beat, current, count)
+                    stops = [_record(loop, summary, o) for o in outcomes]  # all of them recorded
+                    if any(stops):
+                        break
+                    count = look()
+                    continue
                 try:
                     outcome = _run_one(loop, stop, beat, current)
                 finally:
                     beat.track(None)
-                summary.outcomes.append(outcome)
-                if outcome.outcome == "interrupted":
+                if _record(loop, summary, outcome):
                     break
-                if outcome.outcome == "complete":
-                    _note_best(summary, outcome)
-                if loop.on_trial is not None and outcome.outcome != "lost":
-                    loop.on_trial(outcome, summary)
                 count = look()
             summary.interrupted = stop.requested or summary.count("interrupted") > 0
             look(sweep=True)  # before leaving: a trial lost meanwhile is failed, queued for others
@@ -522,6 +537,18 @@ def _search(loop: _Loop, summary: SearchSummary) -> SearchSummary:
         loop.store.release()
     _update_best(summary, study)  # other workers may have found better meanwhile
     return summary
+
+
+def _record(loop: _Loop, summary: SearchSummary, outcome: TrialOutcome) -> bool:
+    """Note a trial's outcome in the summary and tell ``on_trial``; whether the search stops."""
+    summary.outcomes.append(outcome)
+    if outcome.outcome == "interrupted":
+        return True
+    if outcome.outcome == "complete":
+        _note_best(summary, outcome)
+    if loop.on_trial is not None and outcome.outcome != "lost":
+        loop.on_trial(outcome, summary)
+    return False
 
 
 class _Looker:
@@ -712,7 +739,8 @@ class _StopSignals:
 
 
 class _Heartbeat:
-    """Keeps the trial in hand alive: its heartbeat, every ``interval`` seconds, from a thread.
+    """Keeps the trials in hand alive (one, or a batch): their heartbeats, every ``interval``
+    seconds, from a thread.
 
     Optuna records heartbeats inside ``study.optimize`` only; an ask/tell loop must do it itself.
     The thread never dies of a storage error (a dead heartbeat thread gets live trials failed): it
@@ -722,7 +750,7 @@ class _Heartbeat:
     def __init__(self, store: ResilientStorage, interval: float) -> None:
         self._store = store
         self._interval = interval
-        self._trial_id: int | None = None
+        self._trial_ids: tuple[int, ...] = ()
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lrsearch-heartbeat", daemon=True)
         self.failures = 0
@@ -737,38 +765,41 @@ class _Heartbeat:
         error: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._trial_id = None
+        self._trial_ids = ()
         self._closing.set()
         self._thread.join(timeout=5.0)  # a beat stuck on a locked database is left to die with us
 
     def track(self, trial_id: int | None) -> None:
-        """Beat for ``trial_id`` from now on (``None``: for no trial)."""
+        """Beat for ``trial_id`` alone from now on (``None``: for no trial)."""
         if trial_id is not None:
             # At once, not one interval later: a trial whose worker dies before its first
             # heartbeat could never be found stale.
             self._store.record_heartbeat(trial_id)
-        self._trial_id = trial_id
+        self._trial_ids = () if trial_id is None else (trial_id,)
+
+    def add(self, trial_id: int) -> None:
+        """Beat for ``trial_id`` too from now on, with its first heartbeat at once (a batch)."""
+        self._store.record_heartbeat(trial_id)
+        self._trial_ids = (*self._trial_ids, trial_id)
 
     def _run(self) -> None:
-        failing = False
+        failing: set[int] = set()
         while not self._closing.wait(self._interval):
-            trial_id = self._trial_id
-            if trial_id is None:
-                continue
-            try:
-                self._store.backend.record_heartbeat(trial_id)
-            except Exception as e:
-                self.failures += 1
-                if not failing:
-                    _log.warning(
-                        "lrsearch: heartbeat of trial %d failed (%s); trying again in %g s",
-                        trial_id,
-                        type(e).__name__,
-                        self._interval,
-                    )
-                failing = True
-            else:
-                failing = False
+            for trial_id in self._trial_ids:  # a tuple: the main thread swaps it, never edits it
+                try:
+                    self._store.backend.record_heartbeat(trial_id)
+                except Exception as e:
+                    self.failures += 1
+                    if trial_id not in failing:
+                        _log.warning(
+                            "lrsearch: heartbeat of trial %d failed (%s); trying again in %g s",
+                            trial_id,
+                            type(e).__name__,
+                            self._interval,
+                        )
+                    failing.add(trial_id)
+                else:
+                    failing.discard(trial_id)
 
 
 class _TrialLost(Exception):
@@ -781,76 +812,244 @@ def _run_one(
     beat: _Heartbeat,
     current: list[optuna.Trial],
 ) -> TrialOutcome:
-    study, prepared = loop.study, loop.prepared
     current.clear()
-    trial = study.ask()
+    trial = loop.study.ask()
     current.append(trial)
     beat.track(trial._trial_id)
-    start = time.perf_counter()
-    sample: Sample | None = None
-    last_step = -1
+    outcome, error = _train_one(loop, stop, _Slot(trial, time.perf_counter()))
+    if error is not None:
+        raise error
+    return outcome
+
+
+class _Slot:
+    """An asked trial on its way to :func:`_finish`: its sample once drawn, when it started, and
+    the last step it reported (a diverged trial's NaN is reported one past it)."""
+
+    __slots__ = ("last_step", "sample", "start", "trial")
+
+    def __init__(self, trial: optuna.Trial, start: float) -> None:
+        self.trial = trial
+        self.start = start
+        self.sample: Sample | None = None
+        self.last_step = -1
+
+
+def _sample(loop: _Loop, trial: optuna.Trial) -> Sample:
+    """The trial's rates, stored with it (``lrsearch.trial``) before it trains."""
+    sample = loop.prepared.space.sample(trial)
+    loop.store.set_new_trial_user_attr(
+        trial._trial_id,
+        TRIAL_ATTR,
+        {
+            "lrs": sample.lrs,
+            "weight_decay": sample.weight_decay,
+            "host": _HOST,
+            "pid": os.getpid(),
+        },
+    )
+    return sample
+
+
+def _seed(loop: _Loop, trial: optuna.Trial) -> int:
+    """The trial's training seed (initial weights, data order), batched or not."""
+    return (loop.prepared.spec.study.seed or 0) + trial.number
+
+
+def _reporter(loop: _Loop, stop: _StopSignals, slot: _Slot) -> Report:
+    """The trial's ``report``: stores each evaluation and raises ``TrialPruned`` when the pruner
+    says so."""
+    trial = slot.trial
+    two_objectives = len(loop.study.directions) > 1
+
+    def report(step: int, value: float) -> None:
+        slot.last_step = max(slot.last_step, step)
+        if two_objectives:
+            return  # Optuna takes no intermediate values (and prunes nothing) with two
+        with stop.writing():
+            try:
+                trial.report(value, step)
+                prune = trial.should_prune()
+            except UpdateFinishedTrialError as e:
+                raise _TrialLost from e
+        if prune:
+            raise optuna.TrialPruned(f"pruned at step {step} (value {value:.4g})")
+
+    return report
+
+
+def _train_one(
+    loop: _Loop, stop: _StopSignals, slot: _Slot
+) -> tuple[TrialOutcome, LrsearchError | None]:
+    """Sample (unless sampled already) and train an asked trial alone, then decide its fate."""
+    prepared = loop.prepared
+    result: TrainResult | BaseException
     try:
-        sample = prepared.space.sample(trial)
-        loop.store.set_new_trial_user_attr(
-            trial._trial_id,
-            TRIAL_ATTR,
-            {
-                "lrs": sample.lrs,
-                "weight_decay": sample.weight_decay,
-                "host": _HOST,
-                "pid": os.getpid(),
-            },
-        )
-
-        two_objectives = len(study.directions) > 1
-
-        def report(step: int, value: float) -> None:
-            nonlocal last_step
-            last_step = max(last_step, step)
-            if two_objectives:
-                return  # Optuna takes no intermediate values (and prunes nothing) with two
-            with stop.writing():
-                try:
-                    trial.report(value, step)
-                    prune = trial.should_prune()
-                except UpdateFinishedTrialError as e:
-                    raise _TrialLost from e
-            if prune:
-                raise optuna.TrialPruned(f"pruned at step {step} (value {value:.4g})")
-
+        if slot.sample is None:
+            slot.sample = _sample(loop, slot.trial)
+        report = _reporter(loop, stop, slot)
         with stop.training():
             result = loop.train_fn(
                 prepared.task,
                 prepared.groups,
-                sample,
+                slot.sample,
                 prepared.spec.train,
                 device=loop.device,
-                seed=(prepared.spec.study.seed or 0) + trial.number,
+                seed=_seed(loop, slot.trial),
                 report=report,
             )
-    except (_TrialLost, UpdateFinishedTrialError):
-        return _lost(trial, sample, start, loop.grace)
-    except optuna.TrialPruned as e:
-        return _finish(loop, trial, sample, start, "pruned", reason=str(e) or None)
-    except TrialFailure as e:
-        outcome = "diverged" if e.diverged else "failed"
-        return _finish(loop, trial, sample, start, outcome, reason=e.reason, step=last_step + 1)
-    except KeyboardInterrupt:
-        return _finish(loop, trial, sample, start, "interrupted", reason="interrupted")
-    except LrsearchError as e:
-        _finish(loop, trial, sample, start, "failed", reason=str(e))
-        raise
-    except Exception as e:
-        reason = f"{type(e).__name__}: {e}"
-        _finish(loop, trial, sample, start, "failed", reason=reason)
-        raise TaskError(
-            f"trial {trial.number} failed in the task's code ({reason}); the trial is stored as "
-            "failed and the study kept; fix the task (--debug shows the traceback) and run again"
-        ) from e
-    cost = prepared.cost(result, sample) if prepared.spec.study.cost else None
-    return _finish(
-        loop, trial, sample, start, "complete", value=result.value, step=last_step + 1, cost=cost
+    except (KeyboardInterrupt, Exception) as e:
+        result = e
+    return _settle(loop, slot, result)
+
+
+def _settle(
+    loop: _Loop, slot: _Slot, result: TrainResult | BaseException
+) -> tuple[TrialOutcome, LrsearchError | None]:
+    """The trial's outcome from what its training gave, a result or the exception that ended it,
+    told through :func:`_finish`; and the error that must stop the search after it (the task's
+    bug), if any."""
+    trial, sample, start = slot.trial, slot.sample, slot.start
+    if isinstance(result, TrainResult):
+        assert sample is not None
+        cost = loop.prepared.cost(result, sample) if loop.prepared.spec.study.cost else None
+        outcome = _finish(
+            loop,
+            trial,
+            sample,
+            start,
+            "complete",
+            value=result.value,
+            step=slot.last_step + 1,
+            cost=cost,
+        )
+        return outcome, None
+    if isinstance(result, (_TrialLost, UpdateFinishedTrialError)):
+        return _lost(trial, sample, start, loop.grace), None
+    if isinstance(result, optuna.TrialPruned):
+        return _finish(loop, trial, sample, start, "pruned", reason=str(result) or None), None
+    if isinstance(result, TrialFailure):
+        kind = "diverged" if result.diverged else "failed"
+        step = slot.last_step + 1
+        return _finish(loop, trial, sample, start, kind, reason=result.reason, step=step), None
+    if isinstance(result, KeyboardInterrupt):
+        return _finish(loop, trial, sample, start, "interrupted", reason="interrupted"), None
+    if isinstance(result, LrsearchError):
+        return _finish(loop, trial, sample, start, "failed", reason=str(result)), result
+    if not isinstance(result, Exception):  # SystemExit and the like are never caught
+        raise result
+    reason = f"{type(result).__name__}: {result}"
+    outcome = _finish(loop, trial, sample, start, "failed", reason=reason)
+    error = TaskError(
+        f"trial {trial.number} failed in the task's code ({reason}); the trial is stored as "
+        "failed and the study kept; fix the task (--debug shows the traceback) and run again"
     )
+    error.__cause__ = result  # `raise error from result`, raised later
+    return outcome, error
+
+
+def _run_batch(
+    loop: _Loop,
+    stop: _StopSignals,
+    beat: _Heartbeat,
+    current: list[optuna.Trial],
+    count: BudgetCount,
+) -> list[TrialOutcome]:
+    """Ask up to ``[train] batch_trials`` trials, one at a time while the budget rule lets this
+    worker start another (``count``: the last look, which must say yes to the first), and train
+    them together.
+
+    Raises:
+        LrsearchError: The task failed in a way that is a bug in the task, after every trial of the
+            batch has its fate.
+    """
+    current.clear()
+    slots: list[_Slot] = []
+    try:
+        while True:
+            trial = loop.study.ask()
+            current.append(trial)
+            beat.add(trial._trial_id)
+            slots.append(_Slot(trial, time.perf_counter()))
+            # The next look would count this trial running, and one queued trial fewer if there
+            # was one (ask takes a queued trial first).
+            count = replace(count, running=count.running + 1, waiting=max(count.waiting - 1, 0))
+            if (
+                len(slots) >= loop.prepared.spec.train.batch_trials
+                or stop.requested
+                or not count.start_another(loop.budget)
+            ):
+                break
+        outcomes, error = _train_batch(loop, stop, slots)
+    finally:
+        beat.track(None)
+    if error is not None:
+        raise error
+    return outcomes
+
+
+def _train_batch(
+    loop: _Loop, stop: _StopSignals, slots: list[_Slot]
+) -> tuple[list[TrialOutcome], LrsearchError | None]:
+    """Sample and train asked trials together (one at a time when they cannot stack), then decide
+    each one's fate; the first error that must stop the search, if any."""
+    prepared = loop.prepared
+    results: list[TrainResult | BaseException | None] = [None] * len(slots)
+    try:
+        ready: list[int] = []
+        samples: list[Sample] = []
+        for i, slot in enumerate(slots):
+            try:
+                slot.sample = _sample(loop, slot.trial)
+            except Exception as e:  # decided as for a trial alone; the others still train
+                results[i] = e
+            else:
+                ready.append(i)
+                samples.append(slot.sample)
+        if any(r is not None and not isinstance(r, UpdateFinishedTrialError) for r in results):
+            # That error stops the search after this batch: train none of the others.
+            results = [KeyboardInterrupt() if r is None else r for r in results]
+            ready = []
+        if ready:
+            with stop.training():
+                trained = train_batched(
+                    prepared.task,
+                    prepared.groups,
+                    samples,
+                    prepared.spec.train,
+                    device=loop.device,
+                    seeds=[_seed(loop, slots[i].trial) for i in ready],
+                    reports=[_reporter(loop, stop, slots[i]) for i in ready],
+                )
+            for i, done in zip(ready, trained, strict=True):
+                results[i] = done
+    except BatchingUnsupported as e:
+        # Raised before any report: the same trials, one at a time (below). Warned once a
+        # search: the same cause recurs batch after batch (with other trial numbers).
+        _log.log(
+            logging.DEBUG if loop.fell_back else logging.WARNING,
+            "lrsearch: [train] batch_trials: cannot batch these trials (%s); training them one "
+            "at a time",
+            e.reason,
+        )
+        if not loop.fell_back:
+            loop.fell_back.append(e.reason)
+    except (KeyboardInterrupt, Exception) as e:  # every trial not ended yet ends with it
+        results = [e if r is None else r for r in results]
+    outcomes: list[TrialOutcome] = []
+    error: LrsearchError | None = None
+    for slot, result in zip(slots, results, strict=True):
+        stopping = error is not None or any(o.outcome == "interrupted" for o in outcomes)
+        if result is not None:
+            outcome, failed = _settle(loop, slot, result)
+        elif stopping:
+            # The search stops after this batch: a trial not trained yet is not trained at all.
+            outcome, failed = _settle(loop, slot, KeyboardInterrupt())
+        else:
+            outcome, failed = _train_one(loop, stop, slot)
+        outcomes.append(outcome)
+        error = error or failed
+    return outcomes, error
 
 
 def _lost(trial: optuna.Trial, sample: Sample | None, start: float, grace: int) -> TrialOutcome:

@@ -36,6 +36,7 @@ _IGNORED_BY_KIND = {
     "layer_decay": ("lr_ranges",),
     "single": ("decay", "head", "head_multiplier", "lr_ranges"),
 }
+_EXECUTION_KEYS = ("cache_mb", "cache_dir", "batch_trials")
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _ENTRY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -101,6 +102,9 @@ class TrainSection:
     grad_clip: float | None = None
     momentum: float = 0.9
     freeze_batchnorm: bool = True
+    # Trials trained together in one stacked model step (lrsearch.batched); 1 = one at a time.
+    # Pays on a GPU with a small model; trials that cannot stack fall back to one at a time.
+    batch_trials: int = 1
     prefix_cache: bool = False
     cache_mb: int = 512
     cache_dir: str | None = None
@@ -156,6 +160,10 @@ class StudySpec:
         data["study"] = {
             k: v for k, v in data["study"].items() if k in ("direction", "seed", "cost")
         }
+        # How a machine executes trials, not what they compute: a worker may differ (its own
+        # cache folder, memory, batching, which gives the same results within rounding).
+        for key in _EXECUTION_KEYS:
+            data["train"].pop(key, None)
         return data
 
     @classmethod
@@ -543,6 +551,7 @@ class _Reader:
         grad_clip = self.take(s, t, "grad_clip", float, None, above=0.0)
         momentum = self.take(s, t, "momentum", float, d.momentum, minimum=0.0)
         freeze_bn = self.take(s, t, "freeze_batchnorm", bool, d.freeze_batchnorm)
+        batch_trials = self.take(s, t, "batch_trials", int, d.batch_trials, minimum=1)
         prefix_cache = self.take(s, t, "prefix_cache", bool, d.prefix_cache)
         cache_mb = self.take(s, t, "cache_mb", int, d.cache_mb, minimum=1)
         cache_dir = self.take(s, t, "cache_dir", str, None)
@@ -570,6 +579,7 @@ class _Reader:
                 "grad_clip",
                 "momentum",
                 "freeze_batchnorm",
+                "batch_trials",
                 "prefix_cache",
                 "cache_mb",
                 "cache_dir",
@@ -588,6 +598,7 @@ class _Reader:
             grad_clip,
             momentum,
             freeze_bn,
+            batch_trials=batch_trials,
             prefix_cache=prefix_cache,
             cache_mb=cache_mb,
             cache_dir=cache_dir,

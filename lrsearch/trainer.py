@@ -10,6 +10,11 @@ Semantics worth knowing:
   groups with one value.
 - **Frozen groups** (lr 0) get ``requires_grad=False`` and stay out of the optimizer, so autograd
   computes no gradient for them (a frozen prefix of the network needs no backward pass at all).
+- **Frozen prefix.** For a task with the ``StagedTask`` capability, the stages before the first
+  trained one run under ``torch.no_grad`` and the task's ``rest`` module on their output; with
+  ``[train] prefix_cache = true`` that output is computed once per study and reused, and the prefix
+  runs in eval mode (dropout off). The rules are in ``lrsearch.prefix``. Other tasks run as they
+  are.
 - **BatchNorm.** In train mode a BatchNorm layer updates its running statistics even when its
   weights do not learn. With ``[train] freeze_batchnorm = true`` (the default), a BatchNorm layer
   whose parameters are all frozen is kept in eval mode, so it normalises with its pretrained
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import math
 import time
 import weakref
@@ -35,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lrsearch import prefix as _prefix
 from lrsearch.errors import LrsearchError, TrialFailure
 from lrsearch.groups import LayerGroups, build_param_groups, make_optimizer
 from lrsearch.space import Sample
@@ -42,6 +49,9 @@ from lrsearch.spec import TrainSection
 from lrsearch.tasks import Task, move_to
 
 Report = Callable[[int, float], None]
+
+_log = logging.getLogger("lrsearch")
+_told: set[str] = set()  # reasons the prefix cache did not apply, logged once per process
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,10 @@ class TrainResult:
     seconds: float
     device: str
     precision: str
+    frozen_prefix: int = 0
+    """Stages that ran without autograd (0: none, or a task without stages)."""
+    prefix_cached: bool = False
+    """Whether the frozen prefix's outputs came from (or went into) the prefix cache."""
 
 
 def resolve_device(device: str | None = None) -> torch.device:
@@ -195,6 +209,19 @@ class _Trial:
             else None
         )
         self.frozen_norms = _frozen_batchnorms(self.model) if cfg.freeze_batchnorm else []
+        self.staged = _prefix.staged(task)
+        self.prefix: tuple[str, ...] = ()
+        self.prefix_modules: list[nn.Module] = []
+        self.prefix_eval = False
+        self.rest: nn.Module = self.model
+        self.features: _prefix.Features | None = None
+        if self.staged is not None and self.optimizer is not None:
+            self.prefix = _prefix.frozen_prefix(self.staged, self.model)
+        if self.staged is not None and self.prefix:
+            self.rest = self.staged.rest(self.model, len(self.prefix))
+            self.prefix_modules = [self.model.get_submodule(p) for p in self.prefix]
+            if cfg.prefix_cache:
+                self.features = self.cached_features(self.staged)
         self.total_steps = cfg.epochs * per_epoch
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -213,18 +240,61 @@ class _Trial:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
+    def cached_features(self, task: _prefix.StagedTask) -> _prefix.Features | None:
+        where = f"the frozen prefix ({', '.join(self.prefix)})"
+        blocker = _prefix.cache_blocker(task, self.prefix_modules, self.frozen_norms)
+        if blocker is not None:
+            if blocker not in _told:
+                _told.add(blocker)
+                _log.info("prefix cache: %s is not cached: %s", where, blocker)
+            return None
+        # In every trial with the option on, cached or not: a result never depends on a hit.
+        self.prefix_eval = True
+        self.train_mode()
+        key = _prefix.cache_key(
+            task, self.model, self.prefix, precision=self.precision, device=self.device
+        )
+        limit = self.cfg.cache_mb * 2**20
+        return _prefix.CACHE.lookup(
+            key,
+            lambda: _prefix.compute_features(
+                task,
+                self.model,
+                len(self.prefix),
+                batch_size=self.cfg.eval_batch_size,
+                device=self.device,
+                autocast=self.autocast,
+                move=move_to,
+                limit_bytes=limit,
+            ),
+            limit_bytes=limit,
+            cache_dir=self.cfg.cache_dir,
+            device=self.device,
+            describe=where,
+        )
+
     def train_mode(self) -> None:
         self.model.train()
         for module in self.frozen_norms:
             module.eval()
+        if self.prefix_eval:
+            for module in self.prefix_modules:
+                module.eval()
 
     def evaluate(self, step: int) -> float:
         self.model.eval()
         with torch.no_grad(), self.autocast():
-            batches = (
-                move_to(b, self.device) for b in self.task.val_batches(self.cfg.eval_batch_size)
-            )
-            value = float(self.task.evaluate(self.model, batches))
+            if self.features is not None:
+                value = float(
+                    self.task.evaluate(
+                        self.rest, _prefix.slices(self.features.val, self.cfg.eval_batch_size)
+                    )
+                )
+            else:
+                batches = (
+                    move_to(b, self.device) for b in self.task.val_batches(self.cfg.eval_batch_size)
+                )
+                value = float(self.task.evaluate(self.model, batches))
         self.train_mode()
         if not math.isfinite(value):
             raise TrialFailure(f"diverged: metric is {value} at step {step}", diverged=True)
@@ -233,7 +303,17 @@ class _Trial:
     def step(self, batch: Any, step: int) -> None:
         assert self.optimizer is not None and self.scheduler is not None
         with self.autocast():
-            loss = self.task.loss(self.model, move_to(batch, self.device))
+            if self.features is not None:  # already the prefix's outputs, on the device
+                loss = self.task.loss(self.rest, batch)
+            elif self.staged is not None and self.prefix:
+                # No graph for the frozen prefix: backward stops at the first trained stage.
+                with torch.no_grad():
+                    inputs = self.staged.run_prefix(
+                        self.model, move_to(batch, self.device), len(self.prefix)
+                    )
+                loss = self.task.loss(self.rest, inputs)
+            else:
+                loss = self.task.loss(self.model, move_to(batch, self.device))
         if not torch.isfinite(loss.detach()).all():
             raise TrialFailure(f"diverged: loss is {loss.item()} at step {step}", diverged=True)
         if self.scaler is not None:
@@ -253,7 +333,12 @@ class _Trial:
 
     def batches(self) -> Iterator[Any]:
         for _ in range(self.cfg.epochs):
-            yield from self.task.train_batches(self.cfg.batch_size, self.generator)
+            if self.features is not None and self.staged is not None:
+                # The same shuffle as train_batches, gathered from the cached outputs.
+                for idx in self.staged.train_indices(self.cfg.batch_size, self.generator):
+                    yield _prefix.take(self.features.train, idx)
+            else:
+                yield from self.task.train_batches(self.cfg.batch_size, self.generator)
             yield None  # end of an epoch
 
     def run(self, report: Report | None) -> tuple[float, int, int]:
@@ -324,7 +409,14 @@ def train_trial(
         trial = _Trial(task, groups, sample, cfg, dev, seed)
         value, steps, evaluations = trial.run(report)
         return TrainResult(
-            value, steps, evaluations, time.perf_counter() - start, str(dev), trial.precision
+            value,
+            steps,
+            evaluations,
+            time.perf_counter() - start,
+            str(dev),
+            trial.precision,
+            frozen_prefix=len(trial.prefix),
+            prefix_cached=trial.features is not None,
         )
     except torch.cuda.OutOfMemoryError as e:
         # Raised below, outside this block: the OOM traceback holds frames that hold GPU tensors.

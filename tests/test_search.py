@@ -328,7 +328,12 @@ def test_bad_input_writes_nothing(tmp_path: Path, study_name: str, toy_spec: Spe
     ("entry", "kwargs", "match"),
     [
         ("toy_tasks:exploding_factory", {}, "dataset folder /nonexistent is missing"),
-        ("toy_tasks:tiny", {"n_rows": 3}, "n_rows"),
+        (
+            "toy_tasks:tiny",
+            {"n_rows": 3},
+            r"does not take \[task\] kwargs .*n_rows.*parameters are",
+        ),
+        ("toy_tasks:typo_inside", {"n_train": 8}, "raised TypeError while building"),
         ("toy_tasks:not_a_task", {}, "without"),
     ],
 )

@@ -230,3 +230,81 @@ def test_bad_kwargs_from_a_study_file_raise_task_error() -> None:
         load_task("lrsearch.tasks.digits:digits_transfer", {"n_train": 1000})
     with pytest.raises(TaskError, match="n_trian"):
         load_task("lrsearch.tasks.digits:digits_transfer", {"n_trian": 10})
+
+
+# --- eval_split: a held-out test split for judging a search's winner out of sample ---------------
+
+
+def test_eval_split_val_is_the_default_and_unchanged() -> None:
+    default = digits_transfer(n_train=40, n_val=30, **CHEAP)
+    val = digits_transfer(n_train=40, n_val=30, eval_split="val", n_test=25, **CHEAP)
+    for name in ("x_train", "y_train", "x_val", "y_val"):
+        assert torch.equal(getattr(default, name), getattr(val, name)), name
+    assert default.info["eval_split"] == "val" and default.info["n_test"] is None
+
+
+def test_eval_split_test_is_disjoint_and_keeps_the_training_data() -> None:
+    x, y = digits._digits()
+    val = digits_transfer(n_train=200, n_val=300, **CHEAP)
+    test = digits_transfer(n_train=200, n_val=300, eval_split="test", **CHEAP)
+
+    # Only what val_batches yields changes: the training images and the model are the same.
+    assert torch.equal(val.x_train, test.x_train) and torch.equal(val.y_train, test.y_train)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            val.build_model().state_dict().values(),
+            test.build_model().state_dict().values(),
+            strict=True,
+        )
+    )
+    assert test.info["n_test"] == 99  # every downstream image left over
+    assert test.x_val.shape == (99, 64) and len(test.y_val) == 99
+    batches = list(test.val_batches(40))
+    assert torch.equal(torch.cat([b[1] for b in batches]), test.y_val)
+
+    train_idx, val_idx = digits._downstream_split(0, 200, 300)
+    test_idx = digits._downstream_test(0, 200, 300, 99)
+    train, held, tested = set(train_idx.tolist()), set(val_idx.tolist()), set(test_idx.tolist())
+    assert len(tested) == 99
+    assert not tested & train and not tested & held
+    assert not tested & set(digits._upstream_indices(0).tolist())
+    assert torch.equal(test.y_val, y[test_idx] - 5)
+    assert set(test.y_val.tolist()) == set(range(5))
+    # The same images (up to their one-off corruption) as the test indices name.
+    clean = digits_transfer(n_train=200, n_val=300, noise=0.0, eval_split="test", **CHEAP)
+    for row, image in zip(clean.x_val, x[test_idx].view(-1, 8, 8), strict=True):
+        padded = nn.functional.pad(image, (1, 1, 1, 1))
+        shifts = [
+            padded[dy : dy + 8, dx : dx + 8].reshape(64) for dy in range(3) for dx in range(3)
+        ]
+        assert any(torch.equal(row, s) for s in shifts)
+
+
+def test_eval_split_test_size_and_determinism() -> None:
+    a = digits_transfer(n_train=50, n_val=50, n_test=30, eval_split="test", **CHEAP)
+    b = digits_transfer(n_train=50, n_val=50, n_test=30, eval_split="test", **CHEAP)
+    assert len(a.x_val) == 30 and a.info["n_test"] == 30
+    assert torch.equal(a.x_val, b.x_val) and torch.equal(a.y_val, b.y_val)
+    # Through a study file's [task] kwargs too.
+    t = load_task(
+        "lrsearch.tasks.digits:digits_transfer",
+        {"n_train": 50, "n_val": 50, "eval_split": "test", **CHEAP},
+    )
+    assert t.info["n_test"] == 599 - 100  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "shown"),
+    [
+        ({"eval_split": "train"}, "'train'"),
+        ({"eval_split": "test", "n_test": 0}, "n_test=0"),
+        ({"eval_split": "test", "n_test": 100}, "[1, 99]"),
+        ({"n_test": 2.5}, "2.5"),
+        ({"n_train": 300, "n_val": 299, "eval_split": "test"}, "leave none"),
+    ],
+)
+def test_bad_eval_split_arguments_raise_task_error(kwargs: dict[str, Any], shown: str) -> None:
+    with pytest.raises(TaskError) as info:
+        digits_transfer(**kwargs)
+    assert shown in str(info.value)

@@ -108,3 +108,8 @@ def sleepy(sleep_s: float = 0.05, n_train: int = 64) -> TensorClassificationTask
     task = _SleepyTask(base.model_fn, base.x_train, base.y_train, base.x_val, base.y_val)
     task.sleep_s = sleep_s
     return task
+
+
+def typo_inside(n_train: int = 64) -> TensorClassificationTask:
+    """A factory whose own code has a bug that raises TypeError (not a bad keyword argument)."""
+    return tiny(n_train=n_train, hidden="8" + 1)  # type: ignore[operator]

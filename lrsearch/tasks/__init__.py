@@ -12,8 +12,10 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import importlib
-from collections.abc import Callable, Iterable, Iterator
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -55,6 +57,58 @@ class Task(Protocol):
         ...
 
 
+@runtime_checkable
+class StagedTask(Task, Protocol):
+    """Optional capability of a task: its model is a chain of stages, its examples have indices.
+
+    A task that has it lets the trainer run a frozen prefix of the network (the stages before the
+    first trained parameter) without autograd, and, with ``[train] prefix_cache = true``, compute
+    that prefix's outputs once per study and reuse them in every trial with the same prefix.
+
+    The rules a task promises by providing these:
+
+    - ``stages(model)`` names modules of ``model`` (``"stem"``, ``"body.0"``, ...) in forward
+      order; the model's output is the stages applied one after another. An empty list means the
+      task has no stages for this model (the trainer then runs it as a plain task).
+    - ``run_prefix(model, batch, upto)`` returns ``batch`` with its inputs replaced by the output
+      of stages ``[0, upto)``, and ``rest(model, upto)`` a module (sharing the model's parameters)
+      that maps that output to the model's; so ``loss(rest, run_prefix(model, b, upto))`` is
+      ``loss(model, b)``, and likewise for ``evaluate``. Every tensor in the returned batch has its
+      examples along dimension 0 (the cache stores and gathers it per example).
+    - ``train_indices(batch_size, generator)`` yields the example indices (``0..n-1``, each once)
+      of the batches that ``train_batches(batch_size, generator)`` yields, drawing the same random
+      numbers, so a trial sees the same data order with the cache as without it.
+    - ``deterministic_batches``: the same example index gives the same tensors in every epoch and
+      trial (no augmentation), and ``val_batches`` yields the same examples in the same order at
+      any batch size. Only then may the prefix outputs be cached.
+    - ``fingerprint()``: a string that changes whenever the examples change (a hash of the data,
+      or of what builds it); ``None`` when the task cannot tell, which keeps the cache in memory,
+      keyed by the task object itself.
+    """
+
+    deterministic_batches: bool
+
+    def stages(self, model: nn.Module) -> Sequence[str]:
+        """Module paths of the model's stages, in forward order."""
+        ...
+
+    def run_prefix(self, model: nn.Module, batch: Batch, upto: int) -> Batch:
+        """``batch`` with its inputs replaced by the output of stages ``[0, upto)``."""
+        ...
+
+    def rest(self, model: nn.Module, upto: int) -> nn.Module:
+        """A module computing the model's output from the output of stages ``[0, upto)``."""
+        ...
+
+    def train_indices(self, batch_size: int, generator: torch.Generator) -> Iterable[torch.Tensor]:
+        """The example indices of ``train_batches(batch_size, generator)``, batch by batch."""
+        ...
+
+    def fingerprint(self) -> str | None:
+        """A digest of the task's examples, or ``None``."""
+        ...
+
+
 @dataclass
 class TensorClassificationTask:
     """A classification task over in-memory tensors, scored by accuracy.
@@ -62,6 +116,11 @@ class TensorClassificationTask:
     Args:
         model_fn: Returns a fresh model (pretrained weights loaded) mapping ``x`` to logits.
         x_train, y_train, x_val, y_val: Inputs and integer labels.
+        stage_paths: Module paths of the model's stages in forward order, when its forward is
+            exactly those modules applied one after another (``("stem", "body.0", "head")``);
+            gives the task the ``StagedTask`` capability. Empty (the default): no stages.
+        deterministic_batches: The batches are the stored tensors as they are (true here; a
+            subclass that augments them must set it false).
     """
 
     model_fn: Callable[[], nn.Module]
@@ -72,14 +131,19 @@ class TensorClassificationTask:
     metric: str = "accuracy"
     direction: Literal["maximize", "minimize"] = "maximize"
     info: dict[str, Any] = field(default_factory=dict)
+    stage_paths: tuple[str, ...] = ()
+    deterministic_batches: bool = True
 
     def build_model(self) -> nn.Module:
         return self.model_fn()
 
-    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+    def train_indices(self, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
         order = torch.randperm(len(self.x_train), generator=generator)
         for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+            yield order[start : start + batch_size]
+
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        for idx in self.train_indices(batch_size, generator):
             yield self.x_train[idx], self.y_train[idx]
 
     def val_batches(self, batch_size: int) -> Iterator[Batch]:
@@ -96,6 +160,33 @@ class TensorClassificationTask:
             correct += int((model(x).argmax(dim=-1) == y).sum())
             total += len(y)
         return correct / max(total, 1)
+
+    def stages(self, model: nn.Module) -> Sequence[str]:
+        return self.stage_paths
+
+    def run_prefix(self, model: nn.Module, batch: Batch, upto: int) -> Batch:
+        x, y = batch
+        for path in self.stage_paths[:upto]:
+            x = model.get_submodule(path)(x)
+        return x, y
+
+    def rest(self, model: nn.Module, upto: int) -> nn.Module:
+        # The stages stay children of `model` too: the parameters are shared, not copied.
+        return nn.Sequential(*(model.get_submodule(p) for p in self.stage_paths[upto:]))
+
+    def fingerprint(self) -> str | None:
+        return digest_tensors(self.x_train, self.y_train, self.x_val, self.y_val)
+
+
+def digest_tensors(*tensors: torch.Tensor) -> str:
+    """A hex digest of the tensors' shapes, dtypes and contents (for ``StagedTask.fingerprint``)."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{tuple(t.shape)}|{t.dtype}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_task(entry: str, kwargs: dict[str, Any] | None = None) -> Task:
@@ -121,8 +212,22 @@ def load_task(entry: str, kwargs: dict[str, Any] | None = None) -> Task:
     if not callable(factory):
         raise TaskError(f"module {module_name!r} has no callable {attr!r}; fix [task] entry")
     try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check up front
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**(kwargs or {}))
+        except TypeError as e:
+            raise TaskError(
+                f"task {entry!r} does not take [task] kwargs {kwargs or {}}: {e}; its "
+                f"parameters are {signature}"
+            ) from e
+    try:
         task = factory(**(kwargs or {}))
     except TypeError as e:
+        if signature is not None:  # the kwargs fit: the TypeError is the task's own
+            raise TaskError(f"task {entry!r} raised TypeError while building: {e}") from e
         raise TaskError(f"calling task {entry!r} with kwargs {kwargs or {}} failed: {e}") from e
     missing = [
         name
