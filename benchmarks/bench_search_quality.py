@@ -1,0 +1,822 @@
+"""Does per-group learning-rate search beat one learning rate? Side by side, at the same budget.
+
+For each task, three study files that differ only in ``[space]`` are searched one after the other
+in this process, with ``lrsearch.search.run_search``, the same number of trials, the same sampler
+seed, trainer, pruner and storage:
+
+============  ====================================  ==========================================
+strategy      study file                            what a trial samples
+============  ====================================  ==========================================
+per_group     ``studies/<task>_per_group.toml``     a rate per group, or 0 (frozen)
+single_lr     ``studies/<task>_single_lr.toml``     one rate shared by every group
+layer_decay   ``studies/<task>_layer_decay.toml``   base rate x decay per group down, head x k
+============  ====================================  ==========================================
+
+(``digits`` uses ``studies/quickstart.toml``, ``quickstart_single_lr.toml`` and
+``quickstart_layer_decay.toml``.) The files' ``[task] kwargs`` (sizes) and ``n_trials`` are
+overridden here (``SIZES``), so the files stay as users run them.
+
+**Winners.** Each strategy's best trial by validation value; for per_group also the *cheapest
+trial within 0.5 points* (0.005 accuracy) of its best, by that trial's own training seconds during
+the search (a config that freezes groups trains faster). Each winner is retrained with ``--seeds``
+fresh seeds (``lrsearch.verify.verify_seeds``: seeds no trial of the search used; the same seeds for
+every winner, and winners interleaved per seed so that load from elsewhere falls on all alike),
+with ``lrsearch.trainer.train_trial`` on the task built with the same kwargs and
+``eval_split="test"``: the held-out test split no search has seen. Per seed: test accuracy and
+training seconds (``TrainResult.seconds``: model build, training and one evaluation at the end).
+
+**Targets**, evaluated honestly (a FAIL is reported as such; see DESIGN.md on published gains):
+
+- (a) per_group's test mean >= single_lr's test mean - the larger of their seed sds, on every task
+  run, and strictly greater on at least one;
+- (b) the same comparison of per_group against layer_decay;
+- (c) the per_group cheapest-within-0.5-points winner trains >= 2x faster than the single_lr winner
+  (median retraining seconds over the seeds: robust to a run stalled by another job; the ratio of
+  means is reported beside it), on every task run.
+
+Every trial is recorded (number, outcome, value, wall duration, training seconds, wall seconds
+since its strategy started), so the PNG can show best-so-far against trial number and against wall
+time. A task whose package (or study file) is missing is skipped with the error's message; the
+others still run.
+
+Run (see ``SIZES`` for what each mode trains; the full mode takes < 2 h on a 2-core CPU)::
+
+    python benchmarks/bench_search_quality.py --quick --threads 1     # ~10 min: minilm, mobilenet
+    python benchmarks/bench_search_quality.py --threads 1             # the full comparison
+    python benchmarks/bench_search_quality.py --tasks digits --quick  # the quickstart triple
+
+On a CPU shared with other torch jobs pass ``--threads 1``: more torch threads than free cores
+stall training for many times its length (a 2 s trial measured at 50-220 s), timings included.
+
+Results go to ``benchmarks/results/search_quality.json`` (``--out``) and a PNG beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+_HERE = Path(__file__).resolve().parent
+ROOT = _HERE.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # lrsearch from this checkout when run from anywhere
+
+DEFAULT_OUT = _HERE / "results" / "search_quality.json"
+STRATEGIES = ("per_group", "single_lr", "layer_decay")
+# The per_group winner that trains fastest among those this close to its best (0.5 points).
+NEAR_BEST = 0.005
+SPEEDUP_TARGET = 2.0
+
+# Study files per task and strategy, relative to the repository root.
+STUDY_FILES: dict[str, dict[str, str]] = {
+    "minilm": {s: f"studies/minilm_{s}.toml" for s in STRATEGIES},
+    "mobilenet": {s: f"studies/mobilenet_{s}.toml" for s in STRATEGIES},
+    "digits": {
+        "per_group": "studies/quickstart.toml",
+        "single_lr": "studies/quickstart_single_lr.toml",
+        "layer_decay": "studies/quickstart_layer_decay.toml",
+    },
+}
+
+# What each mode trains: [task] kwargs merged over the study file's, and trials per strategy
+# (None: the study file's n_trials). Sized from measurements on this shared 2-core CPU:
+# - MiniLM, batch 32: ~0.9 s per training step at seq_len 64 (batches are cut to their longest
+#   review), about half at 32; a full trial (1,000 reviews, 32 steps, 4 evaluations of 500) 35-60 s.
+# - MobileNetV2 at 32 px, batch 32: a trial of 2,000 images (63 steps) 10-25 s; of 512 images,
+#   1-2 s (measured in quick mode).
+# - quick MiniLM (256 reviews at seq 32): trials 5-10 s, retrainings 6-12 s, with stalls of 30-60 s
+#   when other jobs run: 8 trials took ~10 min in all, hence 6.
+# quick, both tasks: ~10 min. full, both tasks: < 2 h (MiniLM 3 x 20 trials + 12 retrainings,
+# about an hour; MobileNetV2 3 x 30 trials + 12 retrainings, about half an hour). The study files'
+# own sizes are kept where they fit (MiniLM's 1,000 validation reviews are halved: four
+# evaluations of 1,000 per trial would cost as much as its training).
+SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "minilm": {
+        "quick": {
+            "kwargs": {"n_train": 256, "n_val": 200, "n_test": 500, "seq_len": 32},
+            "trials": 6,
+        },
+        "full": {
+            "kwargs": {"n_train": 1000, "n_val": 500, "n_test": 1000, "seq_len": 64},
+            "trials": 20,
+        },
+    },
+    "mobilenet": {
+        "quick": {
+            "kwargs": {"n_train": 1024, "n_val": 512, "n_test": 1000, "image_size": 32},
+            "trials": 8,
+        },
+        "full": {
+            "kwargs": {"n_train": 2000, "n_val": 1000, "n_test": 2000, "image_size": 32},
+            "trials": 30,
+        },
+    },
+    # The quickstart's own sizes (200 train, 300 val; the 99 images left are the test split).
+    "digits": {"quick": {"kwargs": {}, "trials": 12}, "full": {"kwargs": {}, "trials": None}},
+}
+
+
+# --- the specs ------------------------------------------------------------------------------------
+
+
+def load_specs(task: str, *, mode: str, trials: int | None, seed: int) -> dict[str, Any]:
+    """The three strategies' specs of ``task``, resized for ``mode``, with one budget and seed.
+
+    Raises:
+        LrsearchError: A study file is missing or invalid.
+    """
+    from lrsearch.spec import load_spec
+
+    size = SIZES[task][mode]
+    specs = {}
+    for strategy, rel in STUDY_FILES[task].items():
+        spec = load_spec(ROOT / rel)
+        n_trials = trials or size["trials"] or spec.study.n_trials
+        specs[strategy] = dataclasses.replace(
+            spec,
+            study=dataclasses.replace(spec.study, n_trials=n_trials, seed=seed),
+            task=dataclasses.replace(spec.task, kwargs={**spec.task.kwargs, **size["kwargs"]}),
+        )
+    return specs
+
+
+def differences(specs: dict[str, Any]) -> list[str]:
+    """What differs between the strategies' specs besides ``[space]`` and the study's name.
+
+    Anything here makes the comparison unfair (another task size, trainer, pruner or sampler).
+    """
+    base = specs[STRATEGIES[0]].to_dict()
+    found = []
+    for strategy, spec in specs.items():
+        d = spec.to_dict()
+        for section in ("task", "groups", "train", "pruner", "sampler"):
+            if d[section] != base[section]:
+                found.append(f"{strategy}: [{section}] differs from {STRATEGIES[0]}'s")
+        if d["study"]["n_trials"] != base["study"]["n_trials"]:
+            found.append(f"{strategy}: n_trials differs")
+    return found
+
+
+# --- searching ------------------------------------------------------------------------------------
+
+
+def run_strategy(
+    spec: Any, *, url: str, name: str, device: str, label: str
+) -> tuple[dict[str, Any], list[int]]:
+    """Search one strategy; return its record (every trial, best so far) and the seeds it used."""
+    from lrsearch.analysis import load_trials
+    from lrsearch.search import run_search
+    from lrsearch.trainer import train_trial
+
+    train_seconds: list[float] = []
+
+    def timed_train(*args: Any, **kwargs: Any) -> Any:
+        # A pruned trial raises out of train_trial: its time up to then counts too.
+        t0 = time.perf_counter()
+        try:
+            result = train_trial(*args, **kwargs)
+        except BaseException:
+            train_seconds.append(time.perf_counter() - t0)
+            raise
+        train_seconds.append(result.seconds)
+        return result
+
+    records: dict[int, dict[str, Any]] = {}
+    t0 = time.perf_counter()
+
+    def on_trial(outcome: Any, summary: Any) -> None:
+        # Trials run one at a time here: the last timed call is this trial's.
+        records[outcome.number] = {
+            "outcome": outcome.outcome,
+            "train_s": train_seconds[-1] if train_seconds else None,
+            "elapsed_s": time.perf_counter() - t0,
+        }
+        value = "-" if outcome.value is None else f"{outcome.value:.4f}"
+        print(
+            f"    {label} trial {outcome.number:3d} {outcome.outcome:9s} {value:>7s} "
+            f"{outcome.seconds:6.1f} s",
+            flush=True,
+        )
+
+    summary = run_search(
+        spec,
+        storage=url,
+        study_name=name,
+        n_trials=spec.study.n_trials,
+        device=device,
+        on_trial=on_trial,
+        train_fn=timed_train,
+    )
+    wall = time.perf_counter() - t0
+    if summary.interrupted:  # run_search turns Ctrl-C into a summary; the benchmark stops here
+        raise KeyboardInterrupt
+    trials: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = load_trials(url, name).to_dict("records")  # type: ignore[assignment]
+    for row in rows:
+        rec = records.get(int(row["number"]), {})
+        trials.append(
+            {
+                "number": int(row["number"]),
+                "state": str(row["state"]),
+                "value": _num(row["value"]),
+                "duration_s": _num(row["duration_s"]),
+                "train_s": _num(rec.get("train_s")),
+                "elapsed_s": _num(rec.get("elapsed_s")),
+                "lrs": {k[3:]: _num(v) for k, v in row.items() if k.startswith("lr.")},
+                "weight_decay": _num(row.get("weight_decay")),
+            }
+        )
+    record = {
+        "study": name,
+        "space": spec.space.kind,
+        "n_trials": spec.study.n_trials,
+        "direction": summary.direction,
+        "search_wall_s": wall,
+        "counts": _counts(trials),
+        "best_value": _num(summary.best_value),
+        "best_trial": summary.best_number,
+        "trials": trials,
+    }
+    seed = spec.study.seed or 0
+    return record, [seed + t["number"] for t in trials]
+
+
+def _counts(trials: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t["state"]] = counts.get(t["state"], 0) + 1
+    return counts
+
+
+def _num(value: Any) -> float | None:
+    """A finite float, or ``None`` (JSON has no NaN)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+# --- winners and retraining -----------------------------------------------------------------------
+
+
+def pick_winners(record: dict[str, Any], strategy: str) -> dict[str, dict[str, Any]]:
+    """``{role: trial}``: the best complete trial, and for per_group the cheapest near it."""
+    sign = 1.0 if record["direction"] == "maximize" else -1.0
+    done = [t for t in record["trials"] if t["state"] == "complete" and t["value"] is not None]
+    if not done:
+        return {}
+    best = max(done, key=lambda t: (sign * t["value"], -t["number"]))
+    winners = {strategy: best}
+    if strategy == "per_group":
+        near = [t for t in done if sign * (best["value"] - t["value"]) <= NEAR_BEST + 1e-12]
+        cheapest = min(near, key=lambda t: (t["train_s"] or math.inf, t["number"]))
+        winners["per_group_cheapest"] = cheapest
+    return winners
+
+
+def retrain(
+    specs: dict[str, Any],
+    winners: dict[str, tuple[str, dict[str, Any]]],
+    seeds: list[int],
+    *,
+    device: str,
+) -> dict[str, list[dict[str, Any]]]:
+    """Retrain every winner with every seed on the test split; ``{role: [run per seed]}``.
+
+    ``winners`` maps a role to ``(strategy, trial)``. A role whose trial is another role's (the
+    cheapest per_group trial is often the best one) reuses that role's runs.
+    """
+    from lrsearch.errors import TrialFailure
+    from lrsearch.search import prepare
+    from lrsearch.space import Sample
+    from lrsearch.trainer import steps_per_epoch, train_trial
+
+    prepared = {}
+    for strategy in {s for s, _ in winners.values()}:
+        spec = specs[strategy]
+        test_spec = dataclasses.replace(
+            spec,
+            task=dataclasses.replace(spec.task, kwargs={**spec.task.kwargs, "eval_split": "test"}),
+            # One evaluation, at the end: the evaluations in between change nothing in training
+            # (no_grad, eval mode) and only the final value counts; they would cost test passes.
+            train=dataclasses.replace(spec.train, eval_every=0),
+        )
+        p = prepare(test_spec, device=device)
+        # Counted now, not inside the first timed run (counting may iterate an epoch).
+        steps_per_epoch(p.task, spec.train.batch_size)
+        prepared[strategy] = p
+
+    unique: dict[tuple[str, int], str] = {}
+    alias: dict[str, str] = {}
+    for role, (strategy, trial) in winners.items():
+        alias[role] = unique.setdefault((strategy, trial["number"]), role)
+    runs: dict[str, list[dict[str, Any]]] = {role: [] for role in winners}
+    order = [role for role in winners if alias[role] == role]
+    for i, seed in enumerate(seeds):
+        # Interleaved: every winner trains with this seed before the next seed, and the order
+        # rotates, so neither load from elsewhere nor going first favours one of them.
+        for role in order[i % len(order) :] + order[: i % len(order)]:
+            strategy, trial = winners[role]
+            p = prepared[strategy]
+            sample = Sample(lrs=dict(trial["lrs"]), weight_decay=trial["weight_decay"])
+            run: dict[str, Any] = {"seed": seed, "value": None, "train_s": None, "outcome": ""}
+            try:
+                result = train_trial(
+                    p.task, p.groups, sample, p.spec.train, device=device, seed=seed
+                )
+            except TrialFailure as e:
+                run["outcome"] = "diverged" if e.diverged else "failed"
+                run["reason"] = e.reason
+            else:
+                run.update(outcome="complete", value=_num(result.value), train_s=result.seconds)
+            runs[role].append(run)
+            value = "-" if run["value"] is None else f"{run['value']:.4f}"
+            train_s = "-" if run["train_s"] is None else f"{run['train_s']:.1f} s"
+            print(f"    retrain {role:18s} seed {seed}: test {value} in {train_s}", flush=True)
+    for role, source in alias.items():
+        if source != role:
+            runs[role] = runs[source]
+    return runs
+
+
+def stats(values: list[float | None]) -> dict[str, Any]:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return {
+        "n": len(finite),
+        "failed": len(values) - len(finite),
+        "mean": statistics.fmean(finite) if finite else None,
+        "sd": statistics.stdev(finite) if len(finite) > 1 else None,
+        "median": statistics.median(finite) if finite else None,
+    }
+
+
+# --- targets --------------------------------------------------------------------------------------
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``a`` against ``b`` (test stats): the difference, the noise allowed, and the verdicts."""
+    if a["mean"] is None or b["mean"] is None:
+        return {"difference": None, "allowed": None, "not_worse": False, "better": False}
+    allowed = max(a["sd"] or 0.0, b["sd"] or 0.0)
+    difference = a["mean"] - b["mean"]
+    return {
+        "difference": difference,
+        "allowed": allowed,
+        "not_worse": difference >= -allowed,
+        "better": difference > 0,
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def targets(tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Targets (a), (b), (c) over the tasks that ran; ``passed`` is a bool for each."""
+    ran = {name: t for name, t in tasks.items() if "results" in t}
+    out: dict[str, Any] = {}
+    for key, other, label in (
+        ("a", "single_lr", "single-rate"),
+        ("b", "layer_decay", "layer-wise decay"),
+    ):
+        per_task = {
+            name: compare(t["results"]["per_group"]["test"], t["results"][other]["test"])
+            for name, t in ran.items()
+        }
+        passed = (
+            bool(per_task)
+            and all(c["not_worse"] for c in per_task.values())
+            and any(c["better"] for c in per_task.values())
+        )
+        out[key] = {
+            "rule": f"per_group test mean >= {label} test mean - the larger seed sd on every task, "
+            "and > on at least one",
+            "per_task": per_task,
+            "passed": passed,
+        }
+    per_task_c = {}
+    for name, t in ran.items():
+        cheap = t["results"]["per_group_cheapest"]["train_s"]
+        single = t["results"]["single_lr"]["train_s"]
+        # Judged on the median over seeds: on a shared machine one run now and then stalls for
+        # several times its length, which would decide a mean on its own.
+        speedup = _ratio(single["median"], cheap["median"])
+        per_task_c[name] = {
+            "per_group_cheapest_train_s": cheap["median"],
+            "single_lr_train_s": single["median"],
+            "speedup": speedup,
+            "speedup_of_means": _ratio(single["mean"], cheap["mean"]),
+            "passed": speedup is not None and speedup >= SPEEDUP_TARGET,
+        }
+    out["c"] = {
+        "rule": f"per_group cheapest-within-{NEAR_BEST} winner trains >= {SPEEDUP_TARGET}x faster "
+        "than the single_lr winner (median retraining seconds over seeds) on every task",
+        "per_task": per_task_c,
+        "passed": bool(per_task_c) and all(c["passed"] for c in per_task_c.values()),
+    }
+    return out
+
+
+def warm_up(spec: Any, *, device: str) -> None:
+    """Build the task and train one step untimed, so no strategy pays the process's first costs.
+
+    The first search of a process would otherwise pay imports, caches of the task (the digits
+    task's pretraining) and torch's own first-step start-up, and look slower against wall time.
+
+    Raises:
+        LrsearchError: The task cannot be built (its package is missing): the task is skipped.
+    """
+    from lrsearch.search import prepare
+    from lrsearch.space import Sample
+    from lrsearch.trainer import train_trial
+
+    p = prepare(spec, device=device)
+    one_step = dataclasses.replace(spec.train, max_steps=1, eval_every=0)
+    sample = Sample(lrs=dict.fromkeys(p.groups.names, 1e-5))
+    train_trial(p.task, p.groups, sample, one_step, device=device, seed=0)
+
+
+# --- one task -------------------------------------------------------------------------------------
+
+
+def run_task(task: str, args: argparse.Namespace, url: str, run_id: str) -> dict[str, Any]:
+    """Search the three strategies of ``task``, retrain their winners; the task's record."""
+    from lrsearch.errors import LrsearchError
+    from lrsearch.verify import verify_seeds
+
+    mode = "quick" if args.quick else "full"
+    try:
+        specs = load_specs(task, mode=mode, trials=args.trials, seed=args.seed)
+    except LrsearchError as e:
+        return {"skipped": str(e)}
+    unfair = differences(specs)
+    for line in unfair:
+        print(f"  WARNING: {line}: the comparison is not like for like")
+    first = specs[STRATEGIES[0]]
+    out: dict[str, Any] = {
+        "entry": first.task.entry,
+        "kwargs": first.task.kwargs,
+        "n_trials": first.study.n_trials,
+        "seed": args.seed,
+        "study_files": STUDY_FILES[task],
+        "spec_differences": unfair,
+    }
+    t0 = time.perf_counter()
+    searches: dict[str, dict[str, Any]] = {}
+    used: set[int] = set()
+    try:
+        warm_up(first, device=args.device)
+        out["warm_up_s"] = time.perf_counter() - t0
+        for strategy in STRATEGIES:
+            name = f"bench-quality-{run_id}-{task}-{strategy}"
+            print(f"  {strategy}: {first.study.n_trials} trials -> study {name}", flush=True)
+            record, seeds = run_strategy(
+                specs[strategy], url=url, name=name, device=args.device, label=strategy
+            )
+            searches[strategy] = record
+            used.update(seeds)
+        winners: dict[str, tuple[str, dict[str, Any]]] = {}
+        for strategy in STRATEGIES:
+            for role, trial in pick_winners(searches[strategy], strategy).items():
+                winners[role] = (strategy, trial)
+        seeds = verify_seeds(args.seeds, used)
+        print(f"  retraining {len(winners)} winners with seeds {seeds} on the test split")
+        runs = retrain(specs, winners, seeds, device=args.device)
+    except LrsearchError as e:
+        # A missing package surfaces here (prepare wraps it as a TaskError) before any trial.
+        return {**out, "skipped": str(e), "strategies": searches}
+    results: dict[str, Any] = {}
+    for role in ("per_group", "per_group_cheapest", "single_lr", "layer_decay"):
+        found = winners.get(role)
+        strategy = found[0] if found else role.split("_cheapest")[0]
+        chosen = found[1] if found else None
+        role_runs = runs.get(role, [])
+        results[role] = {
+            "strategy": strategy,
+            "trial": None if chosen is None else chosen["number"],
+            "val": None if chosen is None else chosen["value"],
+            "search_train_s": None if chosen is None else chosen["train_s"],
+            "lrs": None if chosen is None else chosen["lrs"],
+            "weight_decay": None if chosen is None else chosen["weight_decay"],
+            "runs": role_runs,
+            "test": stats([r["value"] for r in role_runs]),
+            "train_s": stats([r["train_s"] for r in role_runs]),
+        }
+    out.update(
+        strategies=searches,
+        retrain_seeds=seeds,
+        results=results,
+        wall_s=time.perf_counter() - t0,
+    )
+    return out
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(task: str, record: dict[str, Any]) -> None:
+    if "results" not in record:
+        print(f"\n{task}: skipped ({record.get('skipped')})")
+        return
+    head = (
+        f"{'strategy':20s} {'trial':>5s} {'best val':>8s} {'test mean ± sd':>16s} "
+        f"{'train s':>8s} {'median':>7s} {'done/pruned':>11s} {'search s':>8s}"
+    )
+    print(f"\n{task} ({record['entry']}, {record['kwargs']}, {record['n_trials']} trials)")
+    print(head)
+    print("-" * len(head))
+    for role, r in record["results"].items():
+        search = record["strategies"][r["strategy"]]
+        counts = search["counts"]
+        done = f"{counts.get('complete', 0)}/{counts.get('pruned', 0)}"
+        test = r["test"]
+        sd = _fmt(test["sd"], ".3f") if test["sd"] is not None else "-"
+        cell = f"{_fmt(test['mean'], '.3f')} ± {sd}" if test["mean"] is not None else "-"
+        print(
+            f"{role:20s} {_fmt(r['trial'], 'd'):>5s} {_fmt(r['val'], '.4f'):>8s} {cell:>16s} "
+            f"{_fmt(r['train_s']['mean'], '.2f'):>8s} {_fmt(r['train_s']['median'], '.2f'):>7s} "
+            f"{done:>11s} "
+            f"{search['search_wall_s']:8.1f}"
+        )
+
+
+def print_targets(result: dict[str, Any]) -> None:
+    print()
+    for key in ("a", "b", "c"):
+        t = result[key]
+        verdict = "PASS" if t["passed"] else "FAIL"
+        print(f"target ({key}) {verdict}: {t['rule']}")
+        for task, c in t["per_task"].items():
+            if key == "c":
+                cheap = _fmt(c["per_group_cheapest_train_s"], ".2f")
+                single = _fmt(c["single_lr_train_s"], ".2f")
+                speedup = _fmt(c["speedup"], ".2f")
+                means = _fmt(c["speedup_of_means"], ".2f")
+                print(
+                    f"    {task}: cheapest per_group {cheap} s vs single_lr {single} s (medians): "
+                    f"{speedup}x ({means}x on means)"
+                )
+            else:
+                print(
+                    f"    {task}: difference {_fmt(c['difference'], '+.4f')} "
+                    f"(noise allowed {_fmt(c['allowed'], '.4f')})"
+                )
+
+
+def best_so_far(trials: list[dict[str, Any]], direction: str) -> list[float | None]:
+    """Per trial (in order), the best complete value up to it."""
+    sign = 1.0 if direction == "maximize" else -1.0
+    best: float | None = None
+    out = []
+    for t in sorted(trials, key=lambda t: t["number"]):
+        value = t["value"] if t["state"] == "complete" else None
+        if value is not None and (best is None or sign * value > sign * best):
+            best = value
+        out.append(best)
+    return out
+
+
+def plot(tasks: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = {name: t for name, t in tasks.items() if t.get("strategies")}
+    rows = max(1, len(shown))
+    fig, axes = plt.subplots(rows, 2, figsize=(10, 3.6 * rows), squeeze=False)
+    if not shown:
+        axes[0][0].text(0.5, 0.5, "no task ran", ha="center", va="center")
+    for row, (name, t) in enumerate(shown.items()):
+        by_number, by_time = axes[row]
+        for strategy, search in t["strategies"].items():
+            trials = sorted(search["trials"], key=lambda x: x["number"])
+            best = [math.nan if b is None else b for b in best_so_far(trials, search["direction"])]
+            by_number.step(
+                [x["number"] for x in trials], best, where="post", marker=".", label=strategy
+            )
+            elapsed = [math.nan if x["elapsed_s"] is None else x["elapsed_s"] for x in trials]
+            by_time.step(elapsed, best, where="post", marker=".", label=strategy)
+        by_number.set_xlabel("trial")
+        by_time.set_xlabel("wall seconds since the strategy started")
+        for ax in (by_number, by_time):
+            ax.set_ylabel("best validation value so far")
+            ax.set_title(name)
+            ax.grid(alpha=0.3)
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def machine(device: str) -> dict[str, Any]:
+    import optuna
+    import torch
+
+    from lrsearch.trainer import resolve_device
+
+    resolved = resolve_device(device)
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(resolved),
+        "gpu": torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+    }
+
+
+def source() -> dict[str, Any]:
+    """The lrsearch code measured: its commit, and whether it had uncommitted changes."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "lrsearch", "studies"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "uncommitted_changes": None}
+    return {
+        "commit": done.stdout.strip() or None,
+        "uncommitted_changes": bool(dirty.stdout.strip()),
+    }
+
+
+def _clean(value: Any) -> Any:
+    """``value`` with every non-finite float made ``None``: the JSON stays standard."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+# --- the whole benchmark --------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument(
+        "--tasks",
+        default="minilm,mobilenet",
+        help=f"comma-separated, of {', '.join(STUDY_FILES)} (default minilm,mobilenet)",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny sizes and few trials (~10 min)")
+    p.add_argument("--trials", type=int, default=None, help="trials per strategy (overrides mode)")
+    p.add_argument("--seeds", type=int, default=3, help="retraining seeds per winner (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="the sampler seed of every study")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's own); 1 on a CPU shared with other torch jobs, "
+        "where more threads than free cores stall training for many times its length",
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="storage URL (default: a fresh SQLite file in a temporary folder, removed after)",
+    )
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file; the PNG goes beside")
+    p.add_argument("--note", default=None, help="a line about where and how it ran")
+    args = p.parse_args(argv)
+    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in args.tasks if t not in STUDY_FILES]
+    if unknown or not args.tasks:
+        p.error(f"unknown task(s) {unknown}; choose from {', '.join(STUDY_FILES)}")
+    if args.trials is not None and args.trials < 1:
+        p.error("--trials must be >= 1")
+    if args.seeds < 1:
+        p.error("--seeds must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # The real tasks load local weights; never wait on a network that is not there.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import optuna
+    import torch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args, start=time.perf_counter())
+    finally:
+        torch.set_num_threads(threads)  # main may run inside another process (the tests)
+
+
+def _run(args: argparse.Namespace, *, start: float) -> int:
+    run_id = uuid.uuid4().hex[:8]
+    tmp = None
+    url = args.storage
+    if url is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench-quality-")
+        url = f"sqlite:///{Path(tmp.name) / 'search_quality.db'}"
+    tasks: dict[str, dict[str, Any]] = {}
+    try:
+        for task in args.tasks:
+            print(f"{task}: ({'quick' if args.quick else 'full'} mode)", flush=True)
+            try:
+                tasks[task] = run_task(task, args, url, run_id)
+            except Exception as e:  # a bug in one task must not lose the others' hours
+                traceback.print_exc()
+                tasks[task] = {"skipped": f"crashed: {e!r}", "crashed": True}
+            if "skipped" in tasks[task]:
+                print(f"{task}: skipped: {tasks[task]['skipped']}", flush=True)
+            write_json(args, tasks, url, tmp is not None, start)  # what is done so far
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    for task, record in tasks.items():
+        print_table(task, record)
+    report = write_json(args, tasks, url, tmp is not None, start)
+    print_targets(report["targets"])
+    png = args.out.with_suffix(".png")
+    plot(tasks, png)
+    print(f"\nwrote {args.out} and {png} in {report['total_wall_s']:.0f} s")
+    return 0
+
+
+def write_json(
+    args: argparse.Namespace,
+    tasks: dict[str, dict[str, Any]],
+    url: str,
+    temporary: bool,
+    start: float,
+) -> dict[str, Any]:
+    """Write the report of the tasks done so far to ``args.out``; return it."""
+    from lrsearch.storage import mask_url
+
+    report = {
+        "benchmark": "per-group lr search vs one lr vs layer-wise decay (bench_search_quality.py)",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "note": args.note,
+        "machine": machine(args.device),
+        "source": source(),
+        "config": {
+            "mode": "quick" if args.quick else "full",
+            "tasks": args.tasks,
+            "trials": args.trials,
+            "seeds": args.seeds,
+            "sampler_seed": args.seed,
+            "threads": args.threads,
+            "storage": "temporary SQLite file" if temporary else mask_url(url),
+            "sizes": {t: SIZES[t]["quick" if args.quick else "full"] for t in args.tasks},
+            "near_best": NEAR_BEST,
+            "speedup_target": SPEEDUP_TARGET,
+        },
+        "timing": (
+            "train_s = TrainResult.seconds (model build, training, evaluations) of a trial or "
+            "retraining (a retraining evaluates once, at the end, on the test split); "
+            "elapsed_s = wall seconds from the strategy's run_search call to the end of the "
+            "trial; search_wall_s = the whole run_search call (task build included)"
+        ),
+        "tasks": tasks,
+        "skipped": {t: r["skipped"] for t, r in tasks.items() if "skipped" in r},
+        "targets": targets(tasks),
+        "total_wall_s": time.perf_counter() - start,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(_clean(report), indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(main())

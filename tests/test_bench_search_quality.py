@@ -1,0 +1,147 @@
+"""benchmarks/bench_search_quality.py, run in-process on the digits triple at a tiny budget."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_search_quality.py"
+STRATEGIES = ("per_group", "single_lr", "layer_decay")
+ROLES = ("per_group", "per_group_cheapest", "single_lr", "layer_decay")
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_search_quality", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look modules up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def _numbers(value: Any) -> list[float]:
+    """Every number anywhere in ``value`` (a JSON document)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [float(value)]
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _numbers(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in _numbers(v)]
+    return []
+
+
+@pytest.fixture(scope="module")
+def report(bench: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench") / "quality.json"
+    threads = torch.get_num_threads()
+    # One thread: on a CPU shared with other torch jobs more threads than free cores stall.
+    argv = ["--tasks", "digits", "--trials", "4", "--seeds", "2", "--threads", "1"]
+    code = bench.main([*argv, "--out", str(out)])
+    assert torch.get_num_threads() == threads  # restored
+    assert code == 0
+    assert out.with_suffix(".png").stat().st_size > 0
+    text = out.read_text(encoding="utf-8")
+    assert "NaN" not in text and "Infinity" not in text  # standard JSON
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+def test_report_structure_and_config(report: dict[str, Any]) -> None:
+    assert report["config"]["tasks"] == ["digits"]
+    assert report["config"]["trials"] == 4 and report["config"]["seeds"] == 2
+    assert report["config"]["threads"] == 1 and report["machine"]["torch_threads"] == 1
+    machine = report["machine"]
+    assert machine["cpu_count"] >= 1 and machine["torch"] and machine["device"]
+    assert report["skipped"] == {}
+    assert all(math.isfinite(n) for n in _numbers(report))
+    assert report["total_wall_s"] > 0
+
+
+def test_every_strategy_searched_at_the_same_budget(report: dict[str, Any]) -> None:
+    task = report["tasks"]["digits"]
+    assert task["kwargs"] == {"n_train": 200, "n_val": 300}  # the quickstart's own sizes
+    assert task["spec_differences"] == []  # the three study files differ only in [space]
+    kinds = {"per_group": "per_group", "single_lr": "single", "layer_decay": "layer_decay"}
+    for strategy in STRATEGIES:
+        search = task["strategies"][strategy]
+        assert search["space"] == kinds[strategy]
+        trials = search["trials"]
+        assert [t["number"] for t in trials] == [0, 1, 2, 3]
+        assert sum(search["counts"].values()) == 4
+        elapsed = [t["elapsed_s"] for t in trials]
+        assert elapsed == sorted(elapsed) and elapsed[-1] <= search["search_wall_s"]
+        for t in trials:
+            assert t["state"] in ("complete", "pruned", "diverged", "failed")
+            assert t["duration_s"] > 0 and t["train_s"] > 0
+            if t["state"] == "complete":
+                assert 0 <= t["value"] <= 1
+            assert set(t["lrs"]) == {"stem", "body", "head"}
+        if strategy == "single_lr":
+            assert all(len(set(t["lrs"].values())) == 1 for t in trials)
+
+
+def test_winners_retrained_with_the_same_seeds_on_the_test_split(
+    report: dict[str, Any],
+) -> None:
+    task = report["tasks"]["digits"]
+    seeds = task["retrain_seeds"]
+    assert len(seeds) == 2 and len(set(seeds)) == 2
+    assert not set(seeds) & set(range(4))  # no seed a search trial trained with
+    results = task["results"]
+    assert set(results) == set(ROLES)
+    for role in ROLES:
+        r = results[role]
+        search = task["strategies"][r["strategy"]]
+        complete = [t for t in search["trials"] if t["state"] == "complete"]
+        assert r["trial"] in {t["number"] for t in complete}
+        assert [run["seed"] for run in r["runs"]] == seeds
+        assert r["test"]["n"] == 2 and 0 <= r["test"]["mean"] <= 1 and r["test"]["sd"] >= 0
+        assert r["train_s"]["mean"] > 0
+    best = results["per_group"]["val"]
+    assert best == max(t["value"] for t in task["strategies"]["per_group"]["trials"] if t["value"])
+    assert best - results["per_group_cheapest"]["val"] <= 0.005 + 1e-9
+
+
+def test_targets_are_booleans(report: dict[str, Any]) -> None:
+    targets = report["targets"]
+    assert set(targets) == {"a", "b", "c"}
+    for t in targets.values():
+        assert isinstance(t["passed"], bool)
+        assert t["rule"] and set(t["per_task"]) == {"digits"}
+    speed = targets["c"]["per_task"]["digits"]
+    assert speed["speedup"] == pytest.approx(
+        speed["single_lr_train_s"] / speed["per_group_cheapest_train_s"]
+    )
+
+
+def test_a_task_whose_package_is_missing_is_skipped(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = (SCRIPT.parent.parent / "studies" / "quickstart.toml").read_text(encoding="utf-8")
+    study = study.replace("lrsearch.tasks.digits:digits_transfer", "no_such_package.tasks:nothing")
+    files = {}
+    for strategy in STRATEGIES:
+        path = tmp_path / f"{strategy}.toml"
+        path.write_text(study, encoding="utf-8")
+        files[strategy] = str(path)
+    monkeypatch.setitem(bench.STUDY_FILES, "missing", files)
+    monkeypatch.setitem(bench.SIZES, "missing", bench.SIZES["digits"])
+    out = tmp_path / "missing.json"
+
+    assert bench.main(["--tasks", "missing", "--trials", "1", "--out", str(out)]) == 0
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert "no_such_package" in data["skipped"]["missing"]
+    assert "results" not in data["tasks"]["missing"]
+    assert all(t["passed"] is False for t in data["targets"].values())
+    assert out.with_suffix(".png").exists()
