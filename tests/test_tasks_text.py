@@ -225,3 +225,105 @@ def test_study_files_compare_at_equal_budget() -> None:
         assert (s.task, s.groups, s.train) == (specs[0].task, specs[0].groups, specs[0].train)
         assert (s.pruner, s.sampler) == (specs[0].pruner, specs[0].sampler)
         assert not s.space.freeze
+
+
+# --- the StagedTask capability: frozen prefix and its cache ------------------------------------
+
+
+def test_prefix_and_rest_compute_the_model(
+    task: text.TextClassificationTask, model: torch.nn.Module
+) -> None:
+    from lrsearch.tasks import StagedTask
+
+    assert isinstance(task, StagedTask) and task.deterministic_batches
+    stages = task.stages(model)
+    assert stages[0] == "encoder.embeddings" and stages[-1] == "head" and len(stages) == 8
+    model.eval()
+    batch = task.val_batches(8)[-1]  # the longest reviews: a width below seq_len at most
+    with torch.no_grad():
+        expected = model(batch["input_ids"], batch["attention_mask"])
+        for upto in (1, 3, 7):
+            inputs = task.run_prefix(model, batch, upto)
+            assert set(inputs) == {"hidden_states", "attention_mask", "labels"}
+            assert inputs["hidden_states"].shape[0] == 8
+            if upto < 7:  # stored whole: every review at seq_len, whatever its batch's width
+                assert inputs["hidden_states"].shape[1] == TINY["seq_len"]
+            rest = task.rest(model, upto)
+            torch.testing.assert_close(
+                rest(inputs["hidden_states"], inputs["attention_mask"]),
+                expected,
+                rtol=1e-4,
+                atol=1e-5,
+            )
+    indices = task.train_indices(16, torch.Generator().manual_seed(3))
+    batches = task.train_batches(16, torch.Generator().manual_seed(3))
+    for idx, b in zip(indices, batches, strict=True):
+        assert torch.equal(task.train["labels"][idx], b["labels"])
+
+
+def test_train_width_split_gives_every_training_batch_one_shape() -> None:
+    t = rotten_tomatoes_minilm(**TINY, train_width="split")
+    widths = {b["input_ids"].shape[1] for b in t.train_batches(8, torch.Generator().manual_seed(0))}
+    assert len(widths) == 1
+    with pytest.raises(TaskError, match="train_width must be one of batch, split"):
+        rotten_tomatoes_minilm(**TINY, train_width="max")
+
+
+def test_the_prefix_cache_gives_the_same_value_and_is_hit_by_the_second_trial(
+    task: text.TextClassificationTask, model: torch.nn.Module
+) -> None:
+    """With prefix_cache on, the prefix runs in eval mode (no dropout) whether cached or not."""
+    from lrsearch import prefix
+    from lrsearch.space import Sample
+    from lrsearch.spec import TrainSection
+    from lrsearch.trainer import train_trial
+
+    spec = load_spec(STUDIES / "minilm_per_group.toml")
+    groups = resolve_groups(model, spec.groups.patterns)
+    # The first half frozen: embeddings and layers 0-3; layers 4-5 and the head train.
+    lrs = {"embeddings": 0.0, "layers_0_1": 0.0, "layers_2_3": 0.0, "layers_4_5": 1e-4}
+    sample = Sample({**lrs, "head": 1e-2})
+    cfg = TrainSection(batch_size=16, max_steps=3, eval_batch_size=16, prefix_cache=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    prefix.clear_cache()
+    try:
+        miss = train_trial(task, groups, sample, cfg, device="cpu", seed=0)
+        assert prefix.cache_info().misses == 1 and prefix.cache_info().hits == 0
+        hit = train_trial(task, groups, sample, cfg, device="cpu", seed=0)
+        assert prefix.cache_info().hits == 1
+    finally:
+        prefix.clear_cache()
+        torch.set_num_threads(threads)
+    assert miss.frozen_prefix == hit.frozen_prefix == 5
+    assert miss.prefix_cached and hit.prefix_cached
+    assert hit.value == pytest.approx(miss.value, abs=1e-6)
+
+
+def test_the_model_is_bert_s_own_forward_and_runs_under_vmap(
+    task: text.TextClassificationTask, model: torch.nn.Module
+) -> None:
+    """The forward applies the encoder's modules by hand: as BertModel does, and vmap-able."""
+    from lrsearch.batched import train_batched
+    from lrsearch.space import Sample
+    from lrsearch.spec import TrainSection
+    from lrsearch.trainer import TrainResult
+
+    model.eval()
+    batch = task.val_batches(8)[-1]
+    with torch.no_grad():
+        states = model.encoder(  # type: ignore[operator]
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
+        expected = model.head(text._mean_pool(states, batch["attention_mask"]))  # type: ignore[operator]
+        got = model(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(got, expected)
+
+    wide = rotten_tomatoes_minilm(**TINY, train_width="split")  # one shape for every copy
+    groups = resolve_groups(model, {"encoder": ["encoder"], "head": ["head"]})
+    samples = [Sample({"encoder": 0.0, "head": lr}) for lr in (1e-3, 1e-2)]
+    cfg = TrainSection(batch_size=16, max_steps=1, eval_batch_size=32)
+    results = train_batched(
+        wide, groups, samples, cfg, device="cpu", seeds=[0, 1], reports=[None, None]
+    )
+    assert all(isinstance(r, TrainResult) for r in results), results

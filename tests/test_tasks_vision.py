@@ -417,3 +417,67 @@ def test_a_file_that_is_not_gzip_is_a_task_error(tmp_path: Path) -> None:
     path.write_bytes(b"not gzip")
     with pytest.raises(TaskError, match="cannot read"):
         vision.read_idx(path, 1)
+
+
+# --- the StagedTask capability: frozen prefix and its cache ------------------------------------
+
+
+def test_train_indices_drop_the_batch_of_one_image_as_train_batches_do() -> None:
+    x, y = torch.zeros(65, 3, 32, 32), torch.arange(65) % 10
+    t = ImageClassificationTask(lambda: nn.Identity(), x, y, x[:2], y[:2])
+    for size in (32, 30, 64):
+        idx = list(t.train_indices(size, torch.Generator().manual_seed(1)))
+        batches = list(t.train_batches(size, torch.Generator().manual_seed(1)))
+        assert [len(i) for i in idx] == [len(b[1]) for b in batches]
+        for i, (_, labels) in zip(idx, batches, strict=True):
+            assert torch.equal(y[i], labels)
+
+
+@needs_assets
+def test_prefix_and_rest_compute_the_model(task: ImageClassificationTask) -> None:
+    from lrsearch.tasks import StagedTask
+
+    model = task.build_model().eval()
+    assert isinstance(task, StagedTask)
+    assert list(task.stages(model)) == [*(f"features.{i}" for i in range(19)), "classifier"]
+    x = task.x_val[:4]
+    with torch.no_grad():
+        expected = model(x)
+        for upto in (1, 7, 19):  # 19: every feature stage; the prefix pools
+            out, _ = task.run_prefix(model, (x, None), upto)
+            assert out.shape[0] == 4 and (upto != 19 or out.shape == (4, 1280))
+            torch.testing.assert_close(task.rest(model, upto)(out), expected)
+
+
+@needs_assets
+def test_the_prefix_cache_trains_as_plain_and_is_hit_by_the_second_trial(
+    task: ImageClassificationTask,
+) -> None:
+    """The frozen prefix (stem..stage4) has no dropout: cached, uncached and plain agree."""
+    from lrsearch import prefix
+
+    groups = resolve_groups(MobileNetV2(10), STAGES)
+    frozen = ("stem", "stage2", "stage3", "stage4")
+    lrs = {g: 0.0 if g in frozen else 1e-3 for g in groups.names} | {"head": 1e-2}
+    plain = ImageClassificationTask(
+        task.model_fn, task.x_train, task.y_train, task.x_val, task.y_val
+    )
+
+    def run(t: ImageClassificationTask, cache: bool) -> Any:
+        cfg = TrainSection(batch_size=16, max_steps=3, eval_batch_size=32, prefix_cache=cache)
+        return train_trial(t, groups, Sample(lrs), cfg, device="cpu", seed=0)
+
+    prefix.clear_cache()
+    try:
+        base = run(plain, False)  # no stages: the whole model, as a task without the capability
+        aware = run(task, False)
+        miss = run(task, True)
+        assert (prefix.cache_info().misses, prefix.cache_info().hits) == (1, 0)
+        hit = run(task, True)
+        assert prefix.cache_info().hits == 1
+    finally:
+        prefix.clear_cache()
+    assert base.frozen_prefix == 0 and aware.frozen_prefix == miss.frozen_prefix == 14
+    assert not aware.prefix_cached and miss.prefix_cached and hit.prefix_cached
+    for result in (aware, miss, hit):
+        assert result.value == pytest.approx(base.value, abs=1e-6)

@@ -29,6 +29,14 @@ huge, and not needed here), so the task builds offline::
   no result (padding is masked everywhere) and saves compute: at ``seq_len = 64`` a training batch
   of 32 is 40-63 tokens wide (27 on average per review, none truncated), and the validation and
   test reviews are sorted by length, so their batches are narrower still.
+- **Frozen prefix.** The task has the ``StagedTask`` capability (stages ``encoder.embeddings``,
+  ``encoder.encoder.layer.<i>``, ``head``): a frozen embedding and lower layers run without
+  autograd, and with ``[train] prefix_cache = true`` their outputs (each review's token states,
+  stored at ``seq_len``) are computed once per study. With the option on, the frozen layers run
+  in eval mode, so their dropout is off, cached or not (``lrsearch.prefix``). The model's forward
+  applies the encoder's modules itself, as ``BertModel`` does, with a mask built without
+  data-dependent branches, so ``torch.func.vmap`` can stack trials (``lrsearch.batched``; pass
+  ``train_width="split"`` so that every trial's batches have one shape).
 
 Measured on a shared 2-core CPU (other jobs running): about 0.9 s per training step at batch 32,
 seq_len 64. One epoch over 1,000 reviews (32 steps, AdamW, warmup 10% + linear decay, our trainer),
@@ -54,6 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrsearch.errors import TaskError
+from lrsearch.tasks import digest_tensors
 
 INSTALL_HINT = (
     'pip install "lrsearch[text]" && '
@@ -73,6 +82,7 @@ _MAX_SEQ_LEN = 512  # the encoder's position embeddings
 _MIN_SEQ_LEN = 4  # [CLS], [SEP] and a couple of word pieces
 _MAX_SEED = 2**32 - 1
 _EVAL_SPLITS = ("val", "test")
+_TRAIN_WIDTHS = ("batch", "split")
 _HEAD_STREAM = 1  # the head's seed is derived from the split's, never equal to it
 
 
@@ -100,11 +110,12 @@ class MiniLMClassifier(nn.Module):
         self.head = nn.Linear(hidden, n_classes)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        # Pooled in float32: under bf16 autocast a sum over many tokens would lose digits.
-        mask = attention_mask.unsqueeze(-1).float()
-        pooled = (states.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        logits: torch.Tensor = self.head(pooled)
+        # The encoder's own modules, applied as BertModel applies them (no pooler); by hand so that
+        # the model runs under vmap and its stages (TextClassificationTask.run_prefix) are these.
+        encoder: Any = self.encoder  # a BertModel
+        states = encoder.embeddings(input_ids=input_ids)
+        states = _run_layers(encoder.config, encoder.encoder.layer, states, attention_mask)
+        logits: torch.Tensor = self.head(_mean_pool(states, attention_mask))
         return logits
 
 
@@ -114,6 +125,20 @@ class TextClassificationTask:
 
     Batches are dicts of ``input_ids``, ``attention_mask`` and ``labels``. ``info`` describes the
     data and the model.
+
+    It has the ``StagedTask`` capability (``lrsearch.tasks``): the stages are
+    ``encoder.embeddings``, ``encoder.encoder.layer.<i>`` and ``head``, so a frozen embedding and
+    lower layers run without autograd and, with ``[train] prefix_cache = true``, their outputs are
+    computed once per study. ``run_prefix`` returns ``hidden_states`` (padded with zeros to
+    ``seq_len``, so every review's states are stored whole whatever batch computed them; the mean
+    of the token states once every encoder stage is in the prefix) in place of ``input_ids``, with
+    the same ``attention_mask`` and ``labels``; ``rest`` cuts each batch to its longest review
+    again before the remaining layers.
+
+    Args:
+        train_width: When set, every training batch is cut to this many tokens rather than to its
+            longest review, so that every trial's batches have one shape (batched trials,
+            ``lrsearch.batched``, stack them).
     """
 
     model_fn: Any  # () -> MiniLMClassifier
@@ -122,18 +147,23 @@ class TextClassificationTask:
     metric: str = "accuracy"
     direction: Literal["maximize", "minimize"] = "maximize"
     info: dict[str, Any] = field(default_factory=dict)
+    train_width: int | None = None
+    deterministic_batches: bool = True  # no augmentation: a review is the same tokens every epoch
 
     def build_model(self) -> nn.Module:
         model: nn.Module = self.model_fn()
         return model
 
+    def train_indices(self, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+        order = torch.randperm(len(self.train["labels"]), generator=generator)
+        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
     def train_batches(
         self, batch_size: int, generator: torch.Generator
     ) -> list[dict[str, torch.Tensor]]:
-        order = torch.randperm(len(self.train["labels"]), generator=generator)
         return [
-            _batch(self.train, order[start : start + batch_size])
-            for start in range(0, len(order), batch_size)
+            _batch(self.train, idx, width=self.train_width)
+            for idx in self.train_indices(batch_size, generator)
         ]
 
     def val_batches(self, batch_size: int) -> list[dict[str, torch.Tensor]]:
@@ -144,16 +174,118 @@ class TextClassificationTask:
         ]
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = model(batch["input_ids"], batch["attention_mask"])
+        logits = model(_inputs(batch), batch["attention_mask"])
         return F.cross_entropy(logits.float(), batch["labels"])
 
     def evaluate(self, model: nn.Module, batches: Any) -> float:
         correct = total = 0
         for batch in batches:
-            logits = model(batch["input_ids"], batch["attention_mask"])
+            logits = model(_inputs(batch), batch["attention_mask"])
             correct += int((logits.argmax(dim=-1) == batch["labels"]).sum())
             total += len(batch["labels"])
         return correct / max(total, 1)
+
+    # --- the StagedTask capability ------------------------------------------------------------
+
+    def stages(self, model: nn.Module) -> list[str]:
+        if not isinstance(model, MiniLMClassifier):
+            return []
+        n_layers = len(model.encoder.encoder.layer)  # type: ignore[union-attr,arg-type]
+        return [
+            "encoder.embeddings",
+            *(f"encoder.encoder.layer.{i}" for i in range(n_layers)),
+            "head",
+        ]
+
+    def run_prefix(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], upto: int
+    ) -> dict[str, torch.Tensor]:
+        net: Any = model  # a MiniLMClassifier (stages() said so)
+        encoder = net.encoder
+        layers = encoder.encoder.layer
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        states = encoder.embeddings(input_ids=ids)
+        states = _run_layers(encoder.config, layers[: upto - 1], states, mask)
+        if upto > len(layers):
+            # Every encoder stage frozen: only the pooled states reach the head (1/seq_len of it).
+            states = _mean_pool(states, mask)
+        else:
+            # Stored per review at full length: a review cached from one batch is gathered into
+            # batches of other widths later. The zeros sit where the mask is 0, so no result uses
+            # them.
+            pad = self.train["input_ids"].shape[1] - ids.shape[1]
+            states = F.pad(states, (0, 0, 0, pad))
+            mask = F.pad(mask, (0, pad))
+        return {"hidden_states": states, "attention_mask": mask, "labels": batch["labels"]}
+
+    def rest(self, model: nn.Module, upto: int) -> nn.Module:
+        return _MiniLMRest(model, upto)
+
+    def fingerprint(self) -> str | None:
+        return digest_tensors(*(self.train[k] for k in _KEYS), *(self.val[k] for k in _KEYS))
+
+
+_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def _inputs(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Token ids, or the hidden states that ``run_prefix`` put in their place."""
+    return batch["input_ids"] if "input_ids" in batch else batch["hidden_states"]
+
+
+def _mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of the token states, padding masked out."""
+    # In float32: under bf16 autocast a sum over many tokens would lose digits.
+    weights = mask.unsqueeze(-1).float()
+    return (states.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def _layer_mask(config: Any, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The attention mask BERT's layers take: which keys each query may attend to.
+
+    Built without looking at the values (``BertModel`` of transformers 5 checks ``mask.all()``
+    to skip it), so that ``torch.func.vmap`` can batch the model (``lrsearch.batched``).
+    """
+    keys = mask[:, None, None, :].bool()
+    if getattr(config, "_attn_implementation", "eager") == "sdpa":
+        return keys  # True: attend
+    # Eager attention adds the mask to the scores, as get_extended_attention_mask builds it.
+    return (~keys).to(states.dtype) * torch.finfo(states.dtype).min
+
+
+def _run_layers(config: Any, layers: Any, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``states`` through BERT ``layers``, padding masked out of attention."""
+    if not len(layers):
+        return states
+    layer_mask = _layer_mask(config, states, mask)
+    for layer in layers:
+        out = layer(states, layer_mask)
+        states = out[0] if isinstance(out, tuple) else out  # a tuple in transformers 4.x
+    return states
+
+
+class _MiniLMRest(nn.Module):
+    """What follows the first ``upto`` stages of a ``MiniLMClassifier``; shares its modules."""
+
+    def __init__(self, model: nn.Module, upto: int) -> None:
+        super().__init__()
+        net: Any = model
+        layers = net.encoder.encoder.layer
+        self.layers = nn.ModuleList(layers[upto - 1 :] if upto <= len(layers) else [])
+        self.head: nn.Module = net.head
+        self.pooled = upto > len(layers)
+        self.config = net.encoder.config  # a plain attribute: the mask builder reads it
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.pooled:
+            logits: torch.Tensor = self.head(hidden_states)
+            return logits
+        # Cut to the batch's longest review again, as train_batches does (saves the padding).
+        width = max(int(attention_mask.sum(dim=1).max()), 1) if len(attention_mask) else 1
+        states, mask = hidden_states[:, :width], attention_mask[:, :width]
+        states = _run_layers(self.config, self.layers, states, mask)
+        logits = self.head(_mean_pool(states, mask))
+        return logits
 
 
 def rotten_tomatoes_minilm(
@@ -164,6 +296,7 @@ def rotten_tomatoes_minilm(
     seq_len: int = 64,
     seed: int = 0,
     eval_split: str = "val",
+    train_width: str = "batch",
 ) -> TextClassificationTask:
     """MiniLM-L6 with a fresh 2-way head on Rotten Tomatoes review snippets (fresh or rotten).
 
@@ -177,6 +310,10 @@ def rotten_tomatoes_minilm(
         seed: Selects the split and seeds the fresh head.
         eval_split: ``"val"``, or ``"test"`` to evaluate on the test split instead (for scoring
             a finished search's winner; a search never passes it).
+        train_width: ``"batch"`` (default) cuts each training batch to its longest review, the
+            fastest for one trial at a time; ``"split"`` cuts every training batch to the longest
+            training review, so that trials with other seeds (other data orders) get batches of
+            one shape, as ``[train] batch_trials`` needs. Padding is masked: results agree.
 
     Returns:
         A task scored by accuracy (``"maximize"``).
@@ -191,6 +328,11 @@ def rotten_tomatoes_minilm(
     """
     _check_int("seed", seed, 0, _MAX_SEED)
     _check_int("seq_len", seq_len, _MIN_SEQ_LEN, _MAX_SEQ_LEN, why="the encoder's positions")
+    if not isinstance(train_width, str) or train_width not in _TRAIN_WIDTHS:
+        raise TaskError(
+            f"rotten_tomatoes_minilm: train_width must be one of {', '.join(_TRAIN_WIDTHS)}, "
+            f"got {train_width!r}"
+        )
     if not isinstance(eval_split, str) or eval_split not in _EVAL_SPLITS:
         raise TaskError(
             f"rotten_tomatoes_minilm: eval_split must be one of {', '.join(_EVAL_SPLITS)}, "
@@ -221,6 +363,7 @@ def rotten_tomatoes_minilm(
         "n_available": len(_reviews()[1]),
         "class_sizes": dict(zip(LABELS, _class_sizes(), strict=True)),
         "seq_len": seq_len,
+        "train_width": train_width,
         "mean_tokens": lengths["mean"],
         "truncated_fraction": lengths["truncated"],
         "model_dir": str(model_dir),
@@ -234,6 +377,11 @@ def rotten_tomatoes_minilm(
         train=train,
         val=val if eval_split == "val" else test,
         info=info,
+        train_width=(
+            max(int(train["attention_mask"].sum(dim=1).max()), 1)
+            if train_width == "split"
+            else None
+        ),
     )
 
 
@@ -410,12 +558,15 @@ def _tokenized(
     return splits[0], splits[1], splits[2], lengths
 
 
-def _batch(data: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The rows ``idx`` of ``data``, cut to the longest review among them."""
+def _batch(
+    data: dict[str, torch.Tensor], idx: torch.Tensor, *, width: int | None = None
+) -> dict[str, torch.Tensor]:
+    """The rows ``idx`` of ``data``, cut to the longest review among them (or to ``width``)."""
     mask = data["attention_mask"][idx]
     # Positions past every review's end are padding in all rows: masked out of attention and of
     # the pooling, so dropping them changes no result and saves their compute.
-    width = max(int(mask.sum(dim=1).max()), 1) if len(idx) else 1
+    if width is None:
+        width = max(int(mask.sum(dim=1).max()), 1) if len(idx) else 1
     return {
         "input_ids": data["input_ids"][idx, :width],
         "attention_mask": mask[:, :width],

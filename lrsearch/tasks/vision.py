@@ -50,6 +50,13 @@ frozen stages re-estimate their statistics (their weights stay fixed). At 32 px 
 batch of a single image cannot be normalised there, so ``train_batches`` drops a last batch of one
 image (one image per epoch at most).
 
+**Frozen prefix.** The task has the ``StagedTask`` capability (``MOBILENET_STAGES``: ``features.0``
+.. ``features.18``, then the classifier): the frozen early stages run without autograd, and with
+``[train] prefix_cache = true`` their outputs are computed once per study (``lrsearch.prefix``);
+there is no augmentation, and a frozen stage's BatchNorm keeps its ImageNet statistics (unless
+``freeze_batchnorm = false``, which rules the cache out). ``train_indices`` drops the one-image
+batch as ``train_batches`` does.
+
 **Memory.** The images are prepared once per process and argument set (cached), as float32:
 12 KiB per image at 32 px, 588 KiB at 224 px (3,000 images: 36 MiB and 1.7 GiB).
 
@@ -81,6 +88,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lrsearch.errors import TaskError
 from lrsearch.tasks import Batch, TensorClassificationTask
@@ -119,6 +127,9 @@ STAGES: dict[str, list[str]] = {
 }
 """Groups by resolution, bottom to top: the ``[groups]`` of ``studies/mobilenet_*.toml``."""
 
+MOBILENET_STAGES: tuple[str, ...] = (*(f"features.{i}" for i in range(19)), "classifier")
+"""The model's stages in forward order (``StagedTask``), the pooling before ``classifier``."""
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # 32 px is the network's total stride: the smallest size that its five stride-2 stages halve
@@ -141,12 +152,50 @@ class ImageClassificationTask(TensorClassificationTask):
 
     Train-mode BatchNorm cannot normalise a single value per channel (the 1x1 maps of the last
     stages at 32 px); dropping that image costs at most one image per epoch.
+
+    With ``stage_paths`` (``MOBILENET_STAGES`` for ``fashion_mnist_mobilenet``) it has the
+    ``StagedTask`` capability: the stages are ``features.0`` .. ``features.18`` and, last, the
+    classifier, which MobileNetV2 feeds with the average-pooled features. So ``rest`` is the
+    remaining feature stages, the pooling and the classifier, and a prefix that ends right before
+    the classifier returns the pooled features (a 1280-vector per image, whatever the image size).
     """
 
+    def train_indices(self, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        for idx in super().train_indices(batch_size, generator):
+            if len(idx) > 1 or len(self.y_train) == 1:  # as train_batches drops it
+                yield idx
+
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
-        for x, y in super().train_batches(batch_size, generator):
-            if len(y) > 1 or len(self.y_train) == 1:
-                yield x, y
+        for idx in self.train_indices(batch_size, generator):
+            yield self.x_train[idx], self.y_train[idx]
+
+    def run_prefix(self, model: nn.Module, batch: Batch, upto: int) -> Batch:
+        x, y = super().run_prefix(model, batch, upto)
+        return (_pool(x) if upto == len(self.stage_paths) - 1 else x), y
+
+    def rest(self, model: nn.Module, upto: int) -> nn.Module:
+        *features, head = (model.get_submodule(p) for p in self.stage_paths[upto:])
+        return _Rest(features, head)
+
+
+def _pool(x: torch.Tensor) -> torch.Tensor:
+    """MobileNetV2's pooling between its features and its classifier."""
+    return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+
+class _Rest(nn.Module):
+    """The feature stages after a prefix, the pooling and the classifier; shares their modules."""
+
+    def __init__(self, features: list[nn.Module], head: nn.Module) -> None:
+        super().__init__()
+        self.features = nn.Sequential(*features)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.features):
+            x = _pool(self.features(x))
+        out: torch.Tensor = self.head(x)
+        return out
 
 
 def fashion_mnist_mobilenet(
@@ -224,6 +273,9 @@ def fashion_mnist_mobilenet(
         x_val=x_eval,
         y_val=y_eval,
         info=info,
+        # A frozen prefix of these runs without autograd, and its outputs can be cached
+        # (lrsearch.prefix): the images are prepared once, with no augmentation.
+        stage_paths=MOBILENET_STAGES,
     )
 
 

@@ -1,0 +1,554 @@
+"""Trials per hour of the same study on the real tasks, execution modes side by side.
+
+Every mode trains the same fixed list of samples (per-group rates with the lower half of the
+network frozen), trial ``i`` with seed ``i`` as a search would, on the same task object:
+
+- **plain**: the task without its ``StagedTask`` capability (a wrapper that hides it), so the whole
+  model runs forward, as any task does.
+- **freeze_aware**: the task as it is, ``[train] prefix_cache = false``: the frozen prefix runs
+  under ``torch.no_grad`` and ``task.rest`` on its output.
+- **cache**: ``prefix_cache = true``. The first trial computes the prefix's outputs for every
+  example (reported apart, as ``first_trial_seconds``); the others (and the first sample once more,
+  to show a hit gives what the miss gave) read them. Its figures are the warm trials'.
+- **batched_k4**, **batched_k8**: ``lrsearch.batched.train_batched``, K trials in one vmapped step;
+  where ``can_batch`` or the first step refuses, the reason is recorded instead of a number.
+
+What the values should show: ``plain`` and ``freeze_aware`` train the same (same dropout draws);
+``cache`` equals them where the frozen prefix has no dropout (MobileNetV2, digits), while with
+dropout in the prefix (MiniLM's embeddings) it trains with the prefix in eval mode, the documented
+rule, so only its miss and hit agree; batched trials draw dropout per copy (vmap), so they agree
+with ``plain`` only on models without dropout in the trained part (digits). MiniLM cuts each batch
+to its longest review; batched trials need one shape for every copy, so its batched modes use the
+task with ``train_width = "split"`` (every training batch cut to the longest training review),
+and pay that padding.
+
+Run (about 10-15 minutes on a 2-core CPU; ``--quick`` about 3; ``--device cuda`` on a GPU also
+records peak GPU memory per mode)::
+
+    python benchmarks/bench_throughput.py
+    python benchmarks/bench_throughput.py --quick --tasks mobilenet
+
+Results go to ``benchmarks/results/throughput.json`` (``--out``). Torch runs with
+``--threads`` (default 1) threads: on a CPU shared with other jobs, more made every mode slower and
+noisier. Seconds are wall time; CPU seconds of the process are recorded beside them, since a busy
+machine inflates wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lrsearch import prefix
+from lrsearch.batched import BatchingUnsupported, can_batch, train_batched
+from lrsearch.groups import LayerGroups, resolve_groups
+from lrsearch.space import Sample
+from lrsearch.spec import TrainSection
+from lrsearch.tasks import Batch, Task
+from lrsearch.trainer import TrainResult, resolve_device, steps_per_epoch, train_trial
+
+_HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = _HERE / "results" / "throughput.json"
+TARGET = 3.0  # the issue's: at least 3x with the cache when half the network is frozen
+ONE_AT_A_TIME = ("plain", "freeze_aware", "cache")
+AGREE = 1e-6  # accuracies: equal up to float noise in the last digit
+
+
+# --- the tasks ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One task of the benchmark: how to build it, its groups, what is frozen, how it trains."""
+
+    name: str
+    build: Callable[..., Task]
+    kwargs: dict[str, Any]
+    groups: dict[str, list[str]]
+    frozen: tuple[str, ...]
+    lr: tuple[float, float]
+    head: str
+    head_lr: tuple[float, float]
+    train: TrainSection
+    batched_kwargs: dict[str, Any] | None = None  # other task kwargs for the batched modes
+
+    def task(self, batched: bool = False) -> Task:
+        extra = (self.batched_kwargs or {}) if batched else {}
+        return self.build(**self.kwargs, **extra)
+
+
+def _digits(**kwargs: Any) -> Task:
+    from lrsearch.tasks.digits import digits_transfer
+
+    return digits_transfer(**kwargs)
+
+
+def _mobilenet(**kwargs: Any) -> Task:
+    from lrsearch.tasks.vision import fashion_mnist_mobilenet
+
+    return fashion_mnist_mobilenet(**kwargs)
+
+
+def _minilm(**kwargs: Any) -> Task:
+    from lrsearch.tasks.text import rotten_tomatoes_minilm
+
+    return rotten_tomatoes_minilm(**kwargs)
+
+
+def _train(batch_size: int, steps: int, evals: int, **extra: Any) -> TrainSection:
+    # One epoch of `steps` batches with `evals` evaluations, the study files' optimizer and
+    # schedule; eval_batch_size also sets the batches that fill the cache.
+    return TrainSection(
+        optimizer="adamw",
+        epochs=1,
+        batch_size=batch_size,
+        schedule="warmup_cosine",
+        warmup_ratio=0.1,
+        eval_every=max(1, steps // evals),
+        **extra,
+    )
+
+
+def setups(size: str) -> dict[str, Setup]:
+    """The tasks at ``size``: ``default`` (~10-15 min on 2 CPU cores), ``quick``, ``tiny``."""
+    # (training, validation) examples; the study files' ratios (2:1 images, 1:1 reviews), smaller.
+    mobilenet_n, minilm_n, minilm_batch, digits_n = {
+        "default": ((512, 256), (256, 256), 32, (300, 299)),
+        "quick": ((128, 256), (48, 96), 16, (150, 299)),
+        "tiny": ((64, 64), (32, 32), 16, (75, 299)),
+    }[size]
+    return {
+        "mobilenet": Setup(
+            name="mobilenet",
+            build=_mobilenet,
+            kwargs={"n_train": mobilenet_n[0], "n_val": mobilenet_n[1], "image_size": 32},
+            groups={
+                "stem": ["features.0", "features.1"],
+                "stage2": ["features.2", "features.3"],
+                "stage3": ["features.4", "features.5", "features.6"],
+                "stage4": [f"features.{i}" for i in range(7, 14)],
+                "stage5": [f"features.{i}" for i in range(14, 18)],
+                "last_conv": ["features.18"],
+                "head": ["classifier"],
+            },
+            frozen=("stem", "stage2", "stage3", "stage4"),
+            lr=(1e-5, 1e-2),
+            head="head",
+            head_lr=(1e-4, 1e-1),
+            train=_train(32, mobilenet_n[0] // 32, 2, eval_batch_size=256),
+        ),
+        "minilm": Setup(
+            name="minilm",
+            build=_minilm,
+            kwargs={"n_train": minilm_n[0], "n_val": minilm_n[1], "seq_len": 64},
+            groups={
+                "embeddings": ["encoder.embeddings"],
+                "layers_0_1": ["encoder.encoder.layer.[01].*"],
+                "layers_2_3": ["encoder.encoder.layer.[23].*"],
+                "layers_4_5": ["encoder.encoder.layer.[45].*"],
+                "head": ["head"],
+            },
+            frozen=("embeddings", "layers_0_1", "layers_2_3"),
+            lr=(1e-5, 3e-3),
+            head="head",
+            head_lr=(1e-4, 3e-2),
+            train=_train(minilm_batch, minilm_n[0] // minilm_batch, 2, eval_batch_size=64),
+            batched_kwargs={"train_width": "split"},
+        ),
+        "digits": Setup(
+            name="digits",
+            build=_digits,
+            kwargs={"n_train": digits_n[0], "n_val": digits_n[1], "hidden": 256},
+            groups={"stem": ["stem"], "body0": ["body.0"], "body1": ["body.1"], "head": ["head"]},
+            frozen=("stem", "body0"),
+            lr=(1e-4, 1e-2),
+            head="head",
+            head_lr=(1e-3, 1e-1),
+            train=_train(32, digits_n[0] // 32, 2, eval_batch_size=64),
+        ),
+    }
+
+
+class Plain:
+    """``task`` without the ``StagedTask`` capability: the trainer runs its whole model."""
+
+    def __init__(self, task: Task) -> None:
+        self._task = task
+        self.metric, self.direction = task.metric, task.direction
+
+    def build_model(self) -> nn.Module:
+        return self._task.build_model()
+
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterable[Batch]:
+        return self._task.train_batches(batch_size, generator)
+
+    def val_batches(self, batch_size: int) -> Iterable[Batch]:
+        return self._task.val_batches(batch_size)
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return self._task.loss(model, batch)
+
+    def evaluate(self, model: nn.Module, batches: Iterable[Batch]) -> float:
+        return self._task.evaluate(model, batches)
+
+
+def samples(setup: Setup, groups: LayerGroups, n: int) -> list[Sample]:
+    """``n`` fixed samples: the frozen groups at 0, the others spread over their log ranges."""
+    out = []
+    for i in range(n):
+        lrs = {}
+        for j, g in enumerate(groups.names):
+            if g in setup.frozen:
+                lrs[g] = 0.0
+                continue
+            low, high = setup.head_lr if g == setup.head else setup.lr
+            frac = (0.3 + 0.618 * i + 0.29 * j) % 1.0  # a golden-ratio walk: spread, fixed
+            lrs[g] = float(f"{low * (high / low) ** frac:.3g}")
+        out.append(Sample(lrs))
+    return out
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+class Meter:
+    """Wall and process CPU seconds, and peak CUDA memory, of what runs inside ``with``."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.wall = self.cpu = 0.0
+        self.peak_mb: float | None = None
+
+    def __enter__(self) -> Meter:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._w, self._c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.peak_mb = max(self.peak_mb or 0.0, peak)
+        self.wall += time.perf_counter() - self._w
+        self.cpu += time.process_time() - self._c
+
+
+def _figures(walls: Sequence[float], cpus: Sequence[float]) -> dict[str, Any]:
+    wall = statistics.fmean(walls)
+    return {
+        "seconds_per_trial": round(wall, 4),
+        "cpu_seconds_per_trial": round(statistics.fmean(cpus), 4),
+        "trials_per_hour": round(3600 / wall, 1),
+        "seconds": [round(w, 4) for w in walls],
+    }
+
+
+def one_at_a_time(
+    mode: str,
+    task: Task,
+    groups: LayerGroups,
+    todo: list[Sample],
+    cfg: TrainSection,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Each sample as its own trial; the cache mode reports its filling trial apart."""
+    cfg = replace(cfg, prefix_cache=mode == "cache")
+    run_task: Task = Plain(task) if mode == "plain" else task
+    prefix.clear_cache()
+    order = list(range(len(todo))) + ([0] if mode == "cache" else [])
+    walls, cpus, values, results = [], [], [], []
+    meter = Meter(device)
+    for i in order:
+        one = Meter(device)
+        with one:
+            result = train_trial(run_task, groups, todo[i], cfg, device=device, seed=i)
+        if one.peak_mb is not None:
+            meter.peak_mb = max(meter.peak_mb or 0.0, one.peak_mb)
+        walls.append(one.wall)
+        cpus.append(one.cpu)
+        values.append(result.value)
+        results.append(result)
+    out: dict[str, Any] = {}
+    if mode == "cache":
+        info = prefix.cache_info()
+        out["first_trial_seconds"] = round(walls[0], 4)
+        out["first_trial_cpu_seconds"] = round(cpus[0], 4)
+        out["cache"] = {
+            "hits": info.hits,
+            "misses": info.misses,
+            "entry_mb": round(info.nbytes / 2**20, 2),
+        }
+        # The first sample ran twice: filling the cache, and once more from it.
+        out["repeat_of_first_value"] = values[-1]
+        out["miss_equals_hit"] = abs(values[-1] - values[0]) <= AGREE
+        out |= _figures(walls[1:], cpus[1:])
+        values = values[:-1]
+    else:
+        out |= _figures(walls, cpus)
+    out["values"] = values
+    out["frozen_prefix_stages"] = results[0].frozen_prefix
+    out["prefix_cached"] = results[0].prefix_cached
+    if meter.peak_mb is not None:
+        out["peak_gpu_memory_mb"] = round(meter.peak_mb, 1)
+    prefix.clear_cache()
+    return out
+
+
+def batched(
+    k: int,
+    task: Task,
+    groups: LayerGroups,
+    todo: list[Sample],
+    cfg: TrainSection,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The samples in chunks of ``k``, each chunk one ``train_batched`` call."""
+    problem = can_batch(task, groups, todo[:k], cfg=cfg, device=device)
+    if problem is not None:
+        return {"unsupported": problem}
+    walls, cpus, values = [], [], []
+    meter = Meter(device)
+    for start in range(0, len(todo), k):
+        chunk = list(range(start, min(start + k, len(todo))))
+        one = Meter(device)
+        try:
+            with one:
+                results = train_batched(
+                    task,
+                    groups,
+                    [todo[i] for i in chunk],
+                    cfg,
+                    device=device,
+                    seeds=chunk,
+                    reports=[None] * len(chunk),
+                )
+        except BatchingUnsupported as e:
+            return {"unsupported": e.reason}
+        if one.peak_mb is not None:
+            meter.peak_mb = max(meter.peak_mb or 0.0, one.peak_mb)
+        for r in results:
+            if not isinstance(r, TrainResult):
+                raise r
+            values.append(r.value)
+        # Each trial of the chunk costs its share of the chunk's time.
+        walls += [one.wall / len(chunk)] * len(chunk)
+        cpus += [one.cpu / len(chunk)] * len(chunk)
+    out = _figures(walls, cpus) | {"k": k, "values": values}
+    if meter.peak_mb is not None:
+        out["peak_gpu_memory_mb"] = round(meter.peak_mb, 1)
+    return out
+
+
+def bench_task(
+    setup: Setup, n_trials: int, ks: Sequence[int], device: torch.device
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    task = setup.task()
+    groups = resolve_groups(task.build_model(), setup.groups)
+    todo = samples(setup, groups, n_trials)
+    cfg = setup.train
+    steps = steps_per_epoch(task, cfg.batch_size)
+    # Untimed warm-up: the first forward of a process pays for allocator and kernel set-up.
+    train_trial(task, groups, todo[0], replace(cfg, max_steps=1), device=device, seed=0)
+    prepared = time.perf_counter() - t0
+    modes: dict[str, Any] = {}
+    for mode in ONE_AT_A_TIME:
+        print(f"  {setup.name:9s} {mode} ...", flush=True)
+        modes[mode] = one_at_a_time(mode, task, groups, todo, cfg, device)
+    batched_task = setup.task(batched=True) if setup.batched_kwargs else task
+    for k in ks:
+        print(f"  {setup.name:9s} batched K={k} ...", flush=True)
+        modes[f"batched_k{k}"] = batched(k, batched_task, groups, todo, cfg, device)
+    plain = modes["plain"]
+    model = task.build_model()
+    prefix_paths = staged_prefix(task, model, groups, todo[0])
+    why_not = {
+        "cache": "dropout in the frozen prefix, which runs in eval mode with prefix_cache"
+        if _has_dropout(model, prefix_paths)
+        else None,
+    }
+    for name, mode in modes.items():
+        if "seconds_per_trial" not in mode:
+            continue
+        reason = why_not.get(name)
+        if name.startswith("batched") and _has_dropout(model, [""]):
+            reason = "dropout: vmap draws its masks per copy, not as a lone trial would"
+        mode["expected_to_agree"] = reason is None
+        if reason is not None:
+            mode["why_values_differ"] = reason
+        mode["ratio"] = round(plain["seconds_per_trial"] / mode["seconds_per_trial"], 3)
+        mode["cpu_ratio"] = round(plain["cpu_seconds_per_trial"] / mode["cpu_seconds_per_trial"], 3)
+        diffs = [abs(a - b) for a, b in zip(mode["values"], plain["values"], strict=True)]
+        mode["max_abs_diff_vs_plain"] = max(diffs)
+        mode["agrees_with_plain"] = max(diffs) <= AGREE
+    cache = modes["cache"]
+    return {
+        "task_kwargs": setup.kwargs,
+        "batched_task_kwargs": {**setup.kwargs, **(setup.batched_kwargs or {})},
+        "train": {
+            "optimizer": cfg.optimizer,
+            "batch_size": cfg.batch_size,
+            "steps_per_trial": steps,
+            "eval_every": cfg.eval_every,
+            "eval_batch_size": cfg.eval_batch_size,
+            "schedule": cfg.schedule,
+            "precision": cfg.precision,
+        },
+        "groups": list(groups.names),
+        "frozen": list(setup.frozen),
+        "n_trials": n_trials,
+        "samples": [s.lrs for s in todo],
+        "prepare_seconds": round(prepared, 2),
+        "modes": modes,
+        "cache_target": TARGET,
+        "cache_target_met": "ratio" in cache and cache["ratio"] >= TARGET,
+    }
+
+
+def staged_prefix(task: Task, model: nn.Module, groups: LayerGroups, sample: Sample) -> list[str]:
+    """The stage paths of the frozen prefix that ``sample`` gives ``model`` (empty: none)."""
+    staged = prefix.staged(task)
+    if staged is None:
+        return []
+    frozen = {n for g in groups.names if sample.lrs[g] == 0 for n in groups.members(g)}
+    for name, param in model.named_parameters():
+        param.requires_grad_(name not in frozen)
+    return list(prefix.frozen_prefix(staged, model))
+
+
+def _has_dropout(model: nn.Module, paths: Sequence[str]) -> bool:
+    """Whether a dropout layer with ``p > 0`` sits in the modules at ``paths``."""
+    return any(
+        isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+        for path in paths
+        for m in model.get_submodule(path).modules()
+    )
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def machine(device: torch.device, threads: int) -> dict[str, Any]:
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = []
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "load_average_1_5_15_at_end": load,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "torch_threads": threads,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def print_table(results: dict[str, Any]) -> None:
+    header = (
+        f"{'task':10s} {'mode':13s} {'s/trial':>8s} {'trials/h':>9s} {'ratio':>6s} "
+        f"{'cpu s':>7s} {'cpu ratio':>9s} {'agree':>6s} {'peak MB':>8s}"
+    )
+    print("\n" + header + "\n" + "-" * len(header))
+    for name, res in results["tasks"].items():
+        for mode, m in res["modes"].items():
+            if "unsupported" in m:
+                print(f"{name:10s} {mode:13s} refused: {m['unsupported']}")
+                continue
+            peak = f"{m['peak_gpu_memory_mb']:8.0f}" if "peak_gpu_memory_mb" in m else f"{'-':>8s}"
+            print(
+                f"{name:10s} {mode:13s} {m['seconds_per_trial']:8.3f} {m['trials_per_hour']:9.0f} "
+                f"{m['ratio']:6.2f} {m['cpu_seconds_per_trial']:7.3f} {m['cpu_ratio']:9.2f} "
+                f"{_agree(m):>6s} {peak}"
+            )
+        cache = res["modes"]["cache"]
+        print(
+            f"{name:10s} {'':13s} cache: first trial (fills it) "
+            f"{cache['first_trial_seconds']:.3f} s, "
+            f"entry {cache['cache']['entry_mb']} MiB, miss == hit: {cache['miss_equals_hit']}"
+        )
+    print("\nno*: differs from plain, as expected (dropout; why_values_differ in the JSON)")
+
+
+def _agree(mode: dict[str, Any]) -> str:
+    if mode["agrees_with_plain"]:
+        return "yes"
+    return "no*" if not mode["expected_to_agree"] else "NO"
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--tasks", default="mobilenet,minilm", help="comma list of: " + ", ".join(setups("tiny"))
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, ~3 minutes")
+    parser.add_argument("--size", choices=("default", "quick", "tiny"), help="overrides --quick")
+    parser.add_argument("--trials", type=int, default=8, help="samples, each trained in every mode")
+    parser.add_argument("--ks", default="4,8", help="batched trial counts K, comma separated")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+
+    size = args.size or ("quick" if args.quick else "default")
+    known = setups(size)
+    names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        parser.error(f"--tasks: unknown {unknown}; choose from {', '.join(known)}")
+    ks = [int(k) for k in args.ks.split(",") if k.strip()]
+    if args.trials < 1 or any(k < 1 for k in ks):
+        parser.error("--trials and every K must be >= 1")
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    t0 = time.perf_counter()
+    try:
+        results: dict[str, Any] = {
+            "benchmark": "throughput",
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["python benchmarks/bench_throughput.py", *(argv or sys.argv[1:])]),
+            "size": size,
+            "tasks": {},
+        }
+        for name in names:
+            results["tasks"][name] = bench_task(known[name], args.trials, ks, device)
+        results["machine"] = machine(device, args.threads)
+        results["total_seconds"] = round(time.perf_counter() - t0, 1)
+    finally:
+        torch.set_num_threads(threads_before)
+    print_table(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, default=_json) + "\n")
+    print(f"\nwrote {args.out} ({results['total_seconds']} s)")
+    return results
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+if __name__ == "__main__":
+    main()
