@@ -424,10 +424,15 @@ def train_trial(
     finally:
         # Drop the model and optimizer before the next trial allocates its own.
         del trial
+        emptied = ""
+        if oom and _prefix.cache_info().entries:
+            # Cached prefix outputs live on the trial's device: memory the next trial may need.
+            _prefix.clear_cache()
+            emptied = "; the prefix cache was emptied to free its memory"
         if dev.type == "cuda":
             gc.collect()
             torch.cuda.empty_cache()
     raise TrialFailure(
         f"CUDA out of memory at [train] batch_size = {cfg.batch_size}; lower it or use a smaller "
-        f"model ({oom})"
+        f"model ({oom}){emptied}"
     )

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lrsearch import prefix
-from lrsearch.errors import SpecError, TaskError
+from lrsearch.errors import SpecError, TaskError, TrialFailure
 from lrsearch.groups import LayerGroups, resolve_groups
 from lrsearch.space import Sample
 from lrsearch.spec import StudySpec, TrainSection
@@ -414,3 +414,19 @@ def test_train_keys_of_the_prefix_cache() -> None:
 def test_bad_train_keys_of_the_prefix_cache(train: dict[str, Any], message: str) -> None:
     with pytest.raises(SpecError, match=message):
         _spec(train)
+
+
+def test_an_out_of_memory_trial_empties_the_cache_it_would_need_the_memory_of() -> None:
+    run(digits(), rates(2), prefix_cache=True)
+    assert prefix.cache_info().entries == 1
+
+    class Starving(Recording):
+        def loss(self, model: Any, batch: Batch) -> Any:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    task = digits()
+    starving = Starving(**{f.name: getattr(task, f.name) for f in fields(TensorClassificationTask)})
+    with pytest.raises(TrialFailure, match="the prefix cache was emptied") as info:
+        run(starving, rates(2), prefix_cache=True)
+    assert "9.00 GiB" in info.value.reason
+    assert prefix.cache_info().entries == 0
