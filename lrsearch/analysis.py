@@ -126,13 +126,14 @@ def best_trials(
     storage: optuna.storages.BaseStorage,
     study_name: str,
     *,
-    top: int = 1,
+    top: int | None = None,
     rule: Rule | None = None,
     front: bool = False,
 ) -> list[dict[str, Any]]:
     """The ``top`` complete trials of a study, best metric first (ties: the earliest).
 
     Args:
+        top: How many (default: 1, or with ``front`` the whole front).
         rule: Pick one trial by a trade of metric against cost (:mod:`lrsearch.pick`); then the
             result is that one trial, and ``top`` must be 1.
         front: Only the trials on the Pareto front of metric against cost.
@@ -141,7 +142,7 @@ def best_trials(
         StudyNotFoundError: No such study.
         LrsearchError: The study has no complete trial yet, or none meets ``rule``.
     """
-    if top < 1:
+    if top is not None and top < 1:
         raise LrsearchError(f"--top must be >= 1, got {top}")
     study = _readable(load_study(storage, study_name))
     maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
@@ -151,11 +152,13 @@ def best_trials(
             f"study {study_name!r} has no complete trial yet; run it with `lrsearch run`"
         )
     if rule is not None and (rule.within is not None or rule.max_cost is not None):
-        if top != 1 or front:
+        if (top is not None and top != 1) or front:
             raise LrsearchError("--within / --max-cost pick one trial; drop --top and --front")
         return [trial_record(pick(trials, maximize=maximize, rule=rule))]
     ranked = pareto_front(trials, maximize=maximize) if front else rank(trials, maximize=maximize)
-    return [trial_record(t) for t in ranked[:top]]
+    # Default: the one best trial, or the whole front.
+    count = top if top is not None else len(ranked) if front else 1
+    return [trial_record(t) for t in ranked[:count]]
 
 
 def _open(storage: optuna.storages.BaseStorage | str | None) -> optuna.storages.BaseStorage:

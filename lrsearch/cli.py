@@ -325,7 +325,12 @@ def _rule(within: float | None, max_cost: float | None) -> Any:
 @main.command()
 @study_option
 @storage_option
-@click.option("--top", type=click.IntRange(min=1), default=1, help="How many trials, best first.")
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=None,
+    help="How many trials, best first (default 1; with --front, the whole front).",
+)
 @click.option(
     "--front", is_flag=True, help="Only the Pareto front of metric against training cost."
 )
@@ -334,7 +339,7 @@ def _rule(within: float | None, max_cost: float | None) -> Any:
 def best(
     study: str,
     storage: str | None,
-    top: int,
+    top: int | None,
     front: bool,
     within: float | None,
     max_cost: float | None,
@@ -352,7 +357,8 @@ def best(
         front=front,
     )
     if fmt == "json":
-        click.echo(json.dumps(records[0] if top == 1 and not front else records, indent=2))
+        one = top in (None, 1) and not front
+        click.echo(json.dumps(records[0] if one else records, indent=2))
         return
     groups = list(records[0]["lrs"])
     headers = ["trial", "value", "cost", *groups]

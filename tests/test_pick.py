@@ -188,6 +188,16 @@ def test_two_objective_study_end_to_end(storage_url: str, study_name: str, kind:
     assert record["trial"] == cheapest.number
     front = json.loads(invoke("best", *args, "--front", "--format", "json").stdout)
     assert front[0]["value"] == best.values[0] and front[-1]["trial"] == cheapest.number
+    # The whole front by default (not only its best member), and exactly the front.
+    expected = pareto_front(complete, maximize=True)
+    assert [r["trial"] for r in front] == [t.number for t in expected]
+    assert all(
+        not (o.values[0] >= t.values[0] and o.values[1] < t.values[1])
+        for t in expected
+        for o in complete
+    )
+    two_best = json.loads(invoke("best", *args, "--front", "--top", "2", "--format", "json").stdout)
+    assert two_best == front[:2]
     assert [r["cost"] for r in front] == sorted((r["cost"] for r in front), reverse=True)
     exported = json.loads(invoke("export", *args, "--max-cost", str(cheapest.values[1])).stdout)
     assert exported["trial"] == cheapest.number
