@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import click
 
+from lrsearch import __version__
 from lrsearch.errors import LrsearchError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -79,7 +80,8 @@ def study_option(f: F) -> F:
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
-@click.version_option(package_name="lrsearch")
+# From the package itself, not its installed metadata: works from a source tree too.
+@click.version_option(__version__, prog_name="lrsearch")
 def main(debug: bool) -> None:
     """Search per-group learning rates (and freezing) for fine-tuning PyTorch models."""
     import optuna

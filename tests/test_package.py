@@ -29,3 +29,16 @@ def test_import_does_not_load_torch_or_optuna() -> None:
     code = "import sys, lrsearch; print('torch' in sys.modules, 'optuna' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_the_version_is_the_installed_one_and_the_cli_says_it() -> None:
+    from importlib.metadata import version
+
+    from click.testing import CliRunner
+
+    from lrsearch.cli import main
+
+    assert lrsearch.__version__ == version("lrsearch")
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"lrsearch, version {lrsearch.__version__}"
