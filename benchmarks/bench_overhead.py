@@ -48,10 +48,7 @@ import argparse
 import datetime
 import json
 import math
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -72,6 +69,7 @@ if str(_HERE) not in sys.path:
 import optuna  # noqa: E402
 import sqlalchemy  # noqa: E402
 import torch  # noqa: E402
+from _common import machine, source  # noqa: E402
 from torch import nn  # noqa: E402
 
 from lrsearch.errors import LrsearchError  # noqa: E402
@@ -435,42 +433,6 @@ def cleanup(url: str, prefix: str) -> None:
     for s in storage.get_all_studies():
         if s.study_name.startswith(prefix):
             optuna.delete_study(study_name=s.study_name, storage=storage)
-
-
-def source() -> dict[str, Any]:
-    """The lrsearch code measured: its commit, and whether the package had uncommitted changes."""
-    root = _HERE.parent
-
-    def git(*cmd: str) -> str:
-        try:
-            done = subprocess.run(
-                ["git", *cmd], cwd=root, capture_output=True, text=True, timeout=10, check=True
-            )
-        except (OSError, subprocess.SubprocessError):
-            return ""
-        return done.stdout.strip()
-
-    return {
-        "commit": git("rev-parse", "HEAD") or None,
-        "lrsearch_uncommitted_changes": bool(git("status", "--porcelain", "--", "lrsearch")),
-    }
-
-
-def machine() -> dict[str, Any]:
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = []
-    return {
-        "cpu_count": os.cpu_count(),
-        "load_average_1_5_15_at_end": load,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "optuna": optuna.__version__,
-        "sqlalchemy": sqlalchemy.__version__,
-    }
 
 
 def print_table(results: dict[str, Any]) -> None:

@@ -59,9 +59,7 @@ import datetime
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -74,6 +72,10 @@ _HERE = Path(__file__).resolve().parent
 ROOT = _HERE.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # lrsearch from this checkout when run from anywhere
+if str(_HERE) not in sys.path:
+    sys.path.insert(0, str(_HERE))
+
+import _common  # noqa: E402
 
 DEFAULT_OUT = _HERE / "results" / "search_quality.json"
 STRATEGIES = ("per_group", "single_lr", "layer_decay")
@@ -631,43 +633,16 @@ def plot(tasks: dict[str, dict[str, Any]], path: Path) -> None:
 
 
 def machine(device: str) -> dict[str, Any]:
-    import optuna
     import torch
 
     from lrsearch.trainer import resolve_device
 
     resolved = resolve_device(device)
-    return {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(resolved),
-        "gpu": torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "optuna": optuna.__version__,
-    }
-
-
-def source() -> dict[str, Any]:
-    """The lrsearch code measured: its commit, and whether it had uncommitted changes."""
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "lrsearch", "studies"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "uncommitted_changes": None}
-    return {
-        "commit": done.stdout.strip() or None,
-        "uncommitted_changes": bool(dirty.stdout.strip()),
-    }
+    info = _common.machine()
+    info["torch_threads"] = torch.get_num_threads()
+    info["device"] = str(resolved)
+    info["gpu"] = torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else None
+    return info
 
 
 def _clean(value: Any) -> Any:
@@ -789,7 +764,7 @@ def write_json(
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "note": args.note,
         "machine": machine(args.device),
-        "source": source(),
+        "source": _common.source("lrsearch", "studies", dirty_key="uncommitted_changes"),
         "config": {
             "mode": "quick" if args.quick else "full",
             "tasks": args.tasks,

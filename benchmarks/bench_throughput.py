@@ -40,8 +40,6 @@ import argparse
 import datetime
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -62,6 +60,11 @@ from lrsearch.tasks import Batch, Task
 from lrsearch.trainer import TrainResult, resolve_device, steps_per_epoch, train_trial
 
 _HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:
+    sys.path.insert(0, str(_HERE))
+
+import _common  # noqa: E402
+
 DEFAULT_OUT = _HERE / "results" / "throughput.json"
 TARGET = 3.0  # the issue's: at least 3x with the cache when half the network is frozen
 ONE_AT_A_TIME = ("plain", "freeze_aware", "cache")
@@ -125,6 +128,9 @@ def _train(batch_size: int, steps: int, evals: int, **extra: Any) -> TrainSectio
 
 def setups(size: str) -> dict[str, Setup]:
     """The tasks at ``size``: ``default`` (~10-15 min on 2 CPU cores), ``quick``, ``tiny``."""
+    # The study files' groups; importing the module needs none of the task's packages.
+    from lrsearch.tasks.vision import STAGES as MOBILENET_GROUPS
+
     # (training, validation) examples; the study files' ratios (2:1 images, 1:1 reviews), smaller.
     mobilenet_n, minilm_n, minilm_batch, digits_n = {
         "default": ((512, 256), (256, 256), 32, (300, 299)),
@@ -136,15 +142,7 @@ def setups(size: str) -> dict[str, Setup]:
             name="mobilenet",
             build=_mobilenet,
             kwargs={"n_train": mobilenet_n[0], "n_val": mobilenet_n[1], "image_size": 32},
-            groups={
-                "stem": ["features.0", "features.1"],
-                "stage2": ["features.2", "features.3"],
-                "stage3": ["features.4", "features.5", "features.6"],
-                "stage4": [f"features.{i}" for i in range(7, 14)],
-                "stage5": [f"features.{i}" for i in range(14, 18)],
-                "last_conv": ["features.18"],
-                "head": ["classifier"],
-            },
+            groups={g: list(paths) for g, paths in MOBILENET_GROUPS.items()},
             frozen=("stem", "stage2", "stage3", "stage4"),
             lr=(1e-5, 1e-2),
             head="head",
@@ -445,20 +443,9 @@ def _has_dropout(model: nn.Module, paths: Sequence[str]) -> bool:
 
 
 def machine(device: torch.device, threads: int) -> dict[str, Any]:
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = []
-    info: dict[str, Any] = {
-        "cpu_count": os.cpu_count(),
-        "load_average_1_5_15_at_end": load,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": str(device),
-        "torch_threads": threads,
-    }
+    info = _common.machine()
+    info["device"] = str(device)
+    info["torch_threads"] = threads
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

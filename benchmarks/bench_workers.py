@@ -37,7 +37,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -50,6 +49,11 @@ from typing import Any
 
 _HERE = Path(__file__).resolve().parent
 ROOT = _HERE.parent
+if str(_HERE) not in sys.path:
+    sys.path.insert(0, str(_HERE))
+
+import _common  # noqa: E402
+
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DEFAULT_OUT = _HERE / "results" / "workers.json"
 TARGET_EFFICIENCY = 0.9
@@ -334,44 +338,11 @@ def bench_backend(url: str, args: argparse.Namespace, prefix: str) -> dict[str, 
     return {"runs": runs}
 
 
-def source() -> dict[str, Any]:
-    """The lrsearch code measured: its commit, and whether the package had uncommitted changes."""
-
-    def git(*cmd: str) -> str:
-        try:
-            done = subprocess.run(
-                ["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
-            )
-        except (OSError, subprocess.SubprocessError):
-            return ""
-        return done.stdout.strip()
-
-    return {
-        "commit": git("rev-parse", "HEAD") or None,
-        "lrsearch_uncommitted_changes": bool(git("status", "--porcelain", "--", "lrsearch")),
-    }
-
-
 def machine(postgres_url: str | None) -> dict[str, Any]:
-    import optuna
     import sqlalchemy
-    import torch
 
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = []
-    info: dict[str, Any] = {
-        "cpu_count": os.cpu_count(),
-        "load_average_1_5_15_at_end": load,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "optuna": optuna.__version__,
-        "sqlalchemy": sqlalchemy.__version__,
-        "sqlite": __import__("sqlite3").sqlite_version,
-    }
+    info = _common.machine()
+    info["sqlite"] = __import__("sqlite3").sqlite_version
     try:
         import psycopg
 
@@ -530,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "note": args.note,
         "machine": machine(pg_used),
-        "source": source(),
+        "source": _common.source(),
         "config": {
             "workers": args.workers,
             "trials_per_worker": args.trials_per_worker,
