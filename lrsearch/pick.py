@@ -125,7 +125,7 @@ def pick(trials: Sequence[FrozenTrial], *, maximize: bool, rule: Rule | None = N
     if rule.within is not None:
         best = metric(ranked[0]) or 0.0
         near = [t for t in costed if abs((metric(t) or 0.0) - best) <= rule.within + 1e-12]
-        return min(near, key=lambda t: (cost(t) or 0.0, ranked.index(t)))
+        return min(near, key=lambda t: cost(t) or 0.0)  # equal costs: the first, in ranked order
     assert rule.max_cost is not None
     cheap = [t for t in costed if (cost(t) or 0.0) <= rule.max_cost]
     if not cheap:

@@ -473,6 +473,11 @@ class _Loop:
     def grace(self) -> int:
         return self.prepared.spec.study.grace_period
 
+    @property
+    def two_objectives(self) -> bool:
+        """``[study] cost``: metric and cost are told, and Optuna takes no reports."""
+        return len(self.study.directions) > 1
+
 
 def _summary(loop: _Loop, name: str, url: str, *, resumed: bool) -> SearchSummary:
     return SearchSummary(
@@ -860,7 +865,7 @@ def _reporter(loop: _Loop, stop: _StopSignals, slot: _Slot) -> Report:
     """The trial's ``report``: stores each evaluation and raises ``TrialPruned`` when the pruner
     says so."""
     trial = slot.trial
-    two_objectives = len(loop.study.directions) > 1
+    two_objectives = loop.two_objectives
 
     def report(step: int, value: float) -> None:
         slot.last_step = max(slot.last_step, step)
@@ -912,7 +917,7 @@ def _settle(
     trial, sample, start = slot.trial, slot.sample, slot.start
     if isinstance(result, TrainResult):
         assert sample is not None
-        cost = loop.prepared.cost(result, sample) if loop.prepared.spec.study.cost else None
+        cost = loop.prepared.cost(result, sample) if loop.two_objectives else None
         outcome = _finish(
             loop,
             trial,
@@ -1109,7 +1114,7 @@ def _finish(
             trial.set_user_attr(OUTCOME_ATTR, outcome)
         if reason and outcome != "pruned":
             trial.set_user_attr(REASON_ATTR, reason)
-        two = len(loop.study.directions) > 1
+        two = loop.two_objectives
         if outcome == "diverged" and not two:
             # NaN as the last intermediate value: TPE ranks it worst among trials that got as far.
             # (A two-objective trial takes no reports: it stays PRUNED without a value.)
