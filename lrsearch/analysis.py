@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from lrsearch.errors import LrsearchError
-from lrsearch.pick import Rule, cost, metric, pareto_front, pick, rank
+from lrsearch.pick import Rule, candidates, cost, metric, pareto_front, pick, rank
 
 # Not from lrsearch.search: that imports torch, and `lrsearch best` should start fast.
 from lrsearch.storage import (
@@ -147,7 +147,7 @@ def best_trials(
     study = _readable(load_study(storage, study_name))
     maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not rank(trials, maximize=maximize):
+    if not candidates(trials):
         raise LrsearchError(
             f"study {study_name!r} has no complete trial yet; run it with `lrsearch run`"
         )
