@@ -15,7 +15,8 @@ import torch
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_search_quality.py"
 STRATEGIES = ("per_group", "single_lr", "layer_decay")
-ROLES = ("per_group", "per_group_cheapest", "single_lr", "layer_decay")
+COST_AWARE = "per_group_cost"
+ROLES = ("per_group", "per_group_cheapest", "per_group_cost_cheapest", "single_lr", "layer_decay")
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,26 @@ def test_every_strategy_searched_at_the_same_budget(report: dict[str, Any]) -> N
             assert set(t["lrs"]) == {"stem", "body", "head"}
         if strategy == "single_lr":
             assert all(len(set(t["lrs"].values())) == 1 for t in trials)
+        assert search["cost"] is None
+
+
+def test_the_cost_aware_search_is_per_group_with_a_second_objective(
+    report: dict[str, Any],
+) -> None:
+    task = report["tasks"]["digits"]
+    search = task["strategies"][COST_AWARE]
+    assert search["space"] == "per_group" and search["cost"] == "seconds"
+    assert search["direction"] == task["strategies"]["per_group"]["direction"]
+    trials = search["trials"]
+    assert [t["number"] for t in trials] == [0, 1, 2, 3]
+    assert "pruned" not in search["counts"]  # a two-objective study prunes nothing
+    # Its winner is the cheapest trial near its own best, by the seconds it trained.
+    done = [t for t in trials if t["state"] == "complete"]
+    best = max(t["value"] for t in done)
+    near = [t for t in done if best - t["value"] <= 0.005 + 1e-12]
+    chosen = task["results"]["per_group_cost_cheapest"]
+    assert chosen["strategy"] == COST_AWARE
+    assert chosen["trial"] == min(near, key=lambda t: (t["train_s"], t["number"]))["number"]
 
 
 def test_winners_retrained_with_the_same_seeds_on_the_test_split(
@@ -123,6 +144,15 @@ def test_targets_are_booleans(report: dict[str, Any]) -> None:
     assert speed["speedup"] == pytest.approx(
         speed["single_lr_train_s"] / speed["per_group_cheapest_train_s"]
     )
+    results = report["tasks"]["digits"]["results"]
+    assert (
+        speed["per_group_cheapest_train_s"]
+        == results["per_group_cost_cheapest"]["train_s"]["median"]
+    )
+    assert speed["one_objective_speedup"] == pytest.approx(
+        speed["single_lr_train_s"] / results["per_group_cheapest"]["train_s"]["median"]
+    )
+    assert speed["passed"] is (speed["speedup"] >= 2.0)
 
 
 def test_a_task_whose_package_is_missing_is_skipped(
