@@ -3,8 +3,15 @@
 Every mode trains the same fixed list of samples (per-group rates with the lower half of the
 network frozen), trial ``i`` with seed ``i`` as a search would, on the same task object:
 
-- **plain**: the task without its ``StagedTask`` capability (a wrapper that hides it), so the whole
-  model runs forward, as any task does.
+- **naive**: what a tuner that knows nothing of freezing runs, and what ``torch.optim`` does with
+  an ``lr = 0`` param group in a user's own loop: the frozen groups get ``lr = 1e-30`` instead of
+  0, so every parameter keeps ``requires_grad``, backward runs through the whole network and the
+  optimizer updates every group's state, while no weight moves (the steps are below float32's
+  resolution). BatchNorm in those groups then runs in train mode, as it does under plain
+  PyTorch with ``lr = 0``. Its ratio is reported beside each mode (``ratio_vs_naive``).
+- **plain**: lrsearch's trainer on the task without its ``StagedTask`` capability (a wrapper that
+  hides it), so the whole model runs forward; frozen groups are ``requires_grad=False`` (the
+  foundation's rule), so autograd already records nothing below the first trained group.
 - **freeze_aware**: the task as it is, ``[train] prefix_cache = false``: the frozen prefix runs
   under ``torch.no_grad`` and ``task.rest`` on its output.
 - **cache**: ``prefix_cache = true``. The first trial computes the prefix's outputs for every
@@ -21,6 +28,14 @@ with ``plain`` only on models without dropout in the trained part (digits). Mini
 to its longest review; batched trials need one shape for every copy, so its batched modes use the
 task with ``train_width = "split"`` (every training batch cut to the longest training review),
 and pay that padding.
+
+**Frozen depth** (``--sweep``, on by default): the cache's gain depends on how much of the forward
+pass the frozen prefix is, so for every depth (the first 1, 2, ... groups frozen, the rest
+trained) ``plain`` and ``cache`` are measured again, beside the prefix's share of the forward
+pass (``prefix_forward_share``: the prefix and the rest timed apart under ``no_grad``) and what a
+simple cost model predicts: a training example costs ``P + 3S`` without the cache and ``3S`` with
+it (backward about twice forward), an evaluated one ``P + S`` and ``S``, where ``P`` and ``S`` are
+the prefix's and the rest's forward cost.
 
 Run (about 10-15 minutes on a 2-core CPU; ``--quick`` about 3; ``--device cuda`` on a GPU also
 records peak GPU memory per mode)::
@@ -67,7 +82,8 @@ import _common  # noqa: E402
 
 DEFAULT_OUT = _HERE / "results" / "throughput.json"
 TARGET = 3.0  # the issue's: at least 3x with the cache when half the network is frozen
-ONE_AT_A_TIME = ("plain", "freeze_aware", "cache")
+ONE_AT_A_TIME = ("naive", "plain", "freeze_aware", "cache")
+NAIVE_LR = 1e-30  # "frozen" as a tuner without freezing has it: trained, but no weight moves
 AGREE = 1e-6  # accuracies: equal up to float noise in the last digit
 
 
@@ -220,6 +236,11 @@ def samples(setup: Setup, groups: LayerGroups, n: int) -> list[Sample]:
     return out
 
 
+def naive(sample: Sample) -> Sample:
+    """``sample`` with each frozen group trained at ``NAIVE_LR``: plain PyTorch's ``lr = 0``."""
+    return replace(sample, lrs={g: lr or NAIVE_LR for g, lr in sample.lrs.items()})
+
+
 # --- measuring ------------------------------------------------------------------------------
 
 
@@ -267,7 +288,9 @@ def one_at_a_time(
 ) -> dict[str, Any]:
     """Each sample as its own trial; the cache mode reports its filling trial apart."""
     cfg = replace(cfg, prefix_cache=mode == "cache")
-    run_task: Task = Plain(task) if mode == "plain" else task
+    run_task: Task = Plain(task) if mode in ("plain", "naive") else task
+    if mode == "naive":
+        todo = [naive(s) for s in todo]
     prefix.clear_cache()
     order = list(range(len(todo))) + ([0] if mode == "cache" else [])
     walls, cpus, values, results = [], [], [], []
@@ -354,7 +377,11 @@ def batched(
 
 
 def bench_task(
-    setup: Setup, n_trials: int, ks: Sequence[int], device: torch.device
+    setup: Setup,
+    n_trials: int,
+    ks: Sequence[int],
+    device: torch.device,
+    sweep_trials: int = 0,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     task = setup.task()
@@ -380,6 +407,10 @@ def bench_task(
         "cache": "dropout in the frozen prefix, which runs in eval mode with prefix_cache"
         if _has_dropout(model, prefix_paths)
         else None,
+        "naive": "BatchNorm in the frozen groups runs in train mode (its running statistics "
+        "follow the data), as under plain PyTorch with lr = 0"
+        if _has(model, prefix_paths, nn.modules.batchnorm._BatchNorm)
+        else None,
     }
     for name, mode in modes.items():
         if "seconds_per_trial" not in mode:
@@ -391,11 +422,15 @@ def bench_task(
         if reason is not None:
             mode["why_values_differ"] = reason
         mode["ratio"] = round(plain["seconds_per_trial"] / mode["seconds_per_trial"], 3)
+        mode["ratio_vs_naive"] = round(
+            modes["naive"]["seconds_per_trial"] / mode["seconds_per_trial"], 3
+        )
         mode["cpu_ratio"] = round(plain["cpu_seconds_per_trial"] / mode["cpu_seconds_per_trial"], 3)
         diffs = [abs(a - b) for a, b in zip(mode["values"], plain["values"], strict=True)]
         mode["max_abs_diff_vs_plain"] = max(diffs)
         mode["agrees_with_plain"] = max(diffs) <= AGREE
     cache = modes["cache"]
+    sweep = depth_sweep(setup, task, groups, sweep_trials, device) if sweep_trials else []
     return {
         "task_kwargs": setup.kwargs,
         "batched_task_kwargs": {**setup.kwargs, **(setup.batched_kwargs or {})},
@@ -416,7 +451,89 @@ def bench_task(
         "modes": modes,
         "cache_target": TARGET,
         "cache_target_met": "ratio" in cache and cache["ratio"] >= TARGET,
+        "depth_sweep": sweep,
     }
+
+
+def depth_sweep(
+    setup: Setup, task: Task, groups: LayerGroups, n_trials: int, device: torch.device
+) -> list[dict[str, Any]]:
+    """``plain`` and ``cache`` with the first 1, 2, ... groups frozen: the cache's gain by depth."""
+    cfg = setup.train
+    steps = steps_per_epoch(task, cfg.batch_size)
+    trained = steps * cfg.batch_size  # examples through one epoch's training steps
+    evaluated = math.ceil(steps / cfg.eval_every) * _val_examples(task, cfg.eval_batch_size)
+    model = task.build_model()
+    rows = []
+    for depth in range(1, len(groups.names)):
+        frozen = groups.names[:depth]
+        todo = samples(replace(setup, frozen=frozen), groups, n_trials)
+        paths = staged_prefix(task, model, groups, todo[0])
+        if not paths:
+            continue
+        print(f"  {setup.name:9s} sweep: {depth} frozen ({frozen[-1]}) ...", flush=True)
+        share = forward_share(task, model, len(paths), cfg.eval_batch_size)
+        plain = one_at_a_time("plain", task, groups, todo, cfg, device)
+        cache = one_at_a_time("cache", task, groups, todo, cfg, device)
+        p, r = share, 1.0 - share
+        predicted = (trained * (p + 3 * r) + evaluated * (p + r)) / (
+            trained * 3 * r + evaluated * r
+        )
+        rows.append(
+            {
+                "frozen": list(frozen),
+                "prefix_stages": len(paths),
+                "prefix_forward_share": round(share, 3),
+                "plain_seconds_per_trial": plain["seconds_per_trial"],
+                "cache_seconds_per_trial": cache["seconds_per_trial"],
+                "cache_first_trial_seconds": cache["first_trial_seconds"],
+                "ratio": round(plain["seconds_per_trial"] / cache["seconds_per_trial"], 3),
+                "cpu_ratio": round(
+                    plain["cpu_seconds_per_trial"] / cache["cpu_seconds_per_trial"], 3
+                ),
+                "cost_model_ratio": round(predicted, 3),
+                "values_agree": max(
+                    abs(a - b) for a, b in zip(plain["values"], cache["values"], strict=True)
+                )
+                <= AGREE,
+            }
+        )
+    return rows
+
+
+def forward_share(task: Task, model: nn.Module, upto: int, batch_size: int) -> float:
+    """The share of a no-grad forward pass over the validation data spent in stages ``[0, upto)``.
+
+    Timed twice, the second pass counted (the first pays for allocation).
+    """
+    staged = prefix.staged(task)
+    assert staged is not None
+    was = model.training
+    model.eval()
+    rest = staged.rest(model, upto)
+    before = after = 0.0
+    with torch.no_grad():
+        for _ in range(2):
+            before = after = 0.0
+            for batch in task.val_batches(batch_size):
+                t0 = time.perf_counter()
+                mid = staged.run_prefix(model, batch, upto)
+                t1 = time.perf_counter()
+                task.loss(rest, mid)
+                after += time.perf_counter() - t1
+                before += t1 - t0
+    model.train(was)
+    return before / (before + after)
+
+
+def _val_examples(task: Task, batch_size: int) -> int:
+    count = 0
+    for batch in task.val_batches(batch_size):
+        first = batch
+        while not isinstance(first, torch.Tensor):
+            first = next(iter(first.values())) if isinstance(first, dict) else first[0]
+        count += first.shape[0]
+    return count
 
 
 def staged_prefix(task: Task, model: nn.Module, groups: LayerGroups, sample: Sample) -> list[str]:
@@ -437,6 +554,11 @@ def _has_dropout(model: nn.Module, paths: Sequence[str]) -> bool:
         for path in paths
         for m in model.get_submodule(path).modules()
     )
+
+
+def _has(model: nn.Module, paths: Sequence[str], kind: type[nn.Module]) -> bool:
+    """Whether a module of ``kind`` sits in the modules at ``paths``."""
+    return any(isinstance(m, kind) for p in paths for m in model.get_submodule(p).modules())
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -474,7 +596,58 @@ def print_table(results: dict[str, Any]) -> None:
             f"{cache['first_trial_seconds']:.3f} s, "
             f"entry {cache['cache']['entry_mb']} MiB, miss == hit: {cache['miss_equals_hit']}"
         )
-    print("\nno*: differs from plain, as expected (dropout; why_values_differ in the JSON)")
+    print("\nno*: differs from plain, as expected (why_values_differ in the JSON)")
+    print_sweep(results)
+
+
+def print_sweep(results: dict[str, Any]) -> None:
+    header = (
+        f"{'task':10s} {'frozen up to':14s} {'fwd share':>9s} {'plain s':>8s} {'cache s':>8s} "
+        f"{'ratio':>6s} {'model':>6s} {'agree':>6s}"
+    )
+    rows = [(n, r) for n, res in results["tasks"].items() for r in res["depth_sweep"]]
+    if not rows:
+        return
+    print("\ncache by frozen depth\n" + header + "\n" + "-" * len(header))
+    for name, r in rows:
+        print(
+            f"{name:10s} {r['frozen'][-1]:14s} {r['prefix_forward_share']:9.2f} "
+            f"{r['plain_seconds_per_trial']:8.3f} {r['cache_seconds_per_trial']:8.3f} "
+            f"{r['ratio']:6.2f} {r['cost_model_ratio']:6.2f} {r['values_agree']!s:>6s}"
+        )
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """The cache's ratio to plain against the frozen prefix's share of the forward pass."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, res in results["tasks"].items():
+        rows = res["depth_sweep"]
+        if not rows:
+            continue
+        x = [r["prefix_forward_share"] for r in rows]
+        (line,) = ax.plot(x, [r["ratio"] for r in rows], marker="o", label=f"{name}: measured")
+        ax.plot(
+            x,
+            [r["cost_model_ratio"] for r in rows],
+            linestyle="--",
+            color=line.get_color(),
+            label=f"{name}: cost model",
+        )
+    ax.axhline(TARGET, color="grey", linewidth=0.8, linestyle=":")
+    ax.axvline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("frozen prefix's share of the forward pass")
+    ax.set_ylabel("trials per hour, cache / plain")
+    ax.set_title(f"frozen-prefix cache by depth ({results['machine']['device']})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _agree(mode: dict[str, Any]) -> str:
@@ -494,6 +667,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--ks", default="4,8", help="batched trial counts K, comma separated")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
+    parser.add_argument(
+        "--sweep-trials",
+        type=int,
+        default=3,
+        help="samples per frozen depth in the depth sweep (0: no sweep)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
 
@@ -506,6 +685,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ks = [int(k) for k in args.ks.split(",") if k.strip()]
     if args.trials < 1 or any(k < 1 for k in ks):
         parser.error("--trials and every K must be >= 1")
+    if args.sweep_trials < 0:
+        parser.error("--sweep-trials must be >= 0")
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -519,7 +700,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "tasks": {},
         }
         for name in names:
-            results["tasks"][name] = bench_task(known[name], args.trials, ks, device)
+            results["tasks"][name] = bench_task(
+                known[name], args.trials, ks, device, sweep_trials=args.sweep_trials
+            )
         results["machine"] = machine(device, args.threads)
         results["total_seconds"] = round(time.perf_counter() - t0, 1)
     finally:
@@ -527,7 +710,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=_json) + "\n")
-    print(f"\nwrote {args.out} ({results['total_seconds']} s)")
+    png = args.out.with_suffix(".png")
+    plot(results, png)
+    print(f"\nwrote {args.out} and {png} ({results['total_seconds']} s)")
     return results
 
 

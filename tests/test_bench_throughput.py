@@ -9,9 +9,10 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_throughput.py"
-MODES = ("plain", "freeze_aware", "cache", "batched_k2", "batched_k4")
+MODES = ("naive", "plain", "freeze_aware", "cache", "batched_k2", "batched_k4")
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,8 @@ def test_digits_modes_agree_and_the_json_says_so(bench: ModuleType, tmp_path: Pa
         "4",
         "--ks",
         "2,4",
+        "--sweep-trials",
+        "2",
         "--out",
         str(out),
     ]
@@ -63,3 +66,42 @@ def test_digits_modes_agree_and_the_json_says_so(bench: ModuleType, tmp_path: Pa
     assert cache["prefix_cached"] and cache["miss_equals_hit"]
     assert cache["cache"]["misses"] == 1 and cache["cache"]["hits"] == 4  # 3 samples + 1 repeat
     assert cache["first_trial_seconds"] > 0
+    assert out.with_suffix(".png").stat().st_size > 0
+    for name in MODES:
+        mode = modes[name]
+        assert mode["ratio_vs_naive"] == pytest.approx(
+            modes["naive"]["seconds_per_trial"] / mode["seconds_per_trial"], abs=1e-3
+        )
+    assert modes["freeze_aware"]["frozen_prefix_stages"] == 2
+    assert modes["naive"]["frozen_prefix_stages"] == 0  # nothing frozen: everything trains
+
+    # The sweep: every depth that leaves a prefix (timings are not compared: they are noise here).
+    sweep = digits["depth_sweep"]
+    assert [row["frozen"] for row in sweep] == [
+        ["stem"],
+        ["stem", "body0"],
+        ["stem", "body0", "body1"],
+    ]
+    assert [row["prefix_stages"] for row in sweep] == [1, 2, 3]
+    shares = [row["prefix_forward_share"] for row in sweep]
+    assert all(0 < s < 1 for s in shares)
+    for row in sweep:
+        assert row["values_agree"]
+        assert row["ratio"] == pytest.approx(
+            row["plain_seconds_per_trial"] / row["cache_seconds_per_trial"], abs=1e-3
+        )
+        # The cost model, from the share: skipping any prefix saves something, never all.
+        assert 1 < row["cost_model_ratio"] < 100
+
+
+def test_naive_trains_every_group_but_moves_no_frozen_weight(bench: ModuleType) -> None:
+    from lrsearch.space import Sample
+
+    sample = Sample(lrs={"stem": 0.0, "body0": 0.0, "head": 3e-3}, weight_decay=0.01)
+    out = bench.naive(sample)
+    assert out.frozen == ()  # a tuner without freezing trains every group
+    assert out.lrs == {"stem": bench.NAIVE_LR, "body0": bench.NAIVE_LR, "head": 3e-3}
+    assert out.weight_decay == 0.01
+    # An AdamW step of that size leaves a float32 weight where it was.
+    w = torch.tensor([0.02, -1.5, 3e-4])
+    assert torch.equal(w - bench.NAIVE_LR * torch.ones(3), w)
