@@ -300,6 +300,36 @@ def test_the_prefix_cache_gives_the_same_value_and_is_hit_by_the_second_trial(
     assert hit.value == pytest.approx(miss.value, abs=1e-6)
 
 
+def test_the_prefix_cache_holds_pooled_states_when_only_the_head_trains() -> None:
+    """Every encoder stage frozen: one pooled row per review, from batches of several widths."""
+    from lrsearch import prefix
+    from lrsearch.space import Sample
+    from lrsearch.spec import TrainSection
+    from lrsearch.trainer import train_trial
+
+    # At 64 tokens reviews differ in length, so batches of 8 are cut to different widths.
+    wide = rotten_tomatoes_minilm(n_train=32, n_val=24, n_test=8, seq_len=64)
+    widths = {b["input_ids"].shape[1] for b in wide.val_batches(8)}
+    assert len(widths) > 1, widths
+    patterns = load_spec(STUDIES / "minilm_per_group.toml").groups.patterns
+    groups = resolve_groups(wide.build_model(), patterns)
+    sample = Sample({g: (1e-2 if g == "head" else 0.0) for g in groups.names})
+    cfg = TrainSection(batch_size=8, max_steps=3, eval_batch_size=8, prefix_cache=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    prefix.clear_cache()
+    try:
+        miss = train_trial(wide, groups, sample, cfg, device="cpu", seed=0)
+        hit = train_trial(wide, groups, sample, cfg, device="cpu", seed=0)
+        assert prefix.cache_info().misses == 1 and prefix.cache_info().hits == 1
+    finally:
+        prefix.clear_cache()
+        torch.set_num_threads(threads)
+    assert miss.frozen_prefix == hit.frozen_prefix == 7  # embeddings and the six layers
+    assert miss.prefix_cached and hit.prefix_cached
+    assert hit.value == pytest.approx(miss.value, abs=1e-6)
+
+
 def test_the_model_is_bert_s_own_forward_and_runs_under_vmap(
     task: text.TextClassificationTask, model: torch.nn.Module
 ) -> None:

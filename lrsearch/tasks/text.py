@@ -206,16 +206,15 @@ class TextClassificationTask:
         ids, mask = batch["input_ids"], batch["attention_mask"]
         states = encoder.embeddings(input_ids=ids)
         states = _run_layers(encoder.config, layers[: upto - 1], states, mask)
-        if upto > len(layers):
-            # Every encoder stage frozen: only the pooled states reach the head (1/seq_len of it).
-            states = _mean_pool(states, mask)
-        else:
-            # Stored per review at full length: a review cached from one batch is gathered into
-            # batches of other widths later. The zeros sit where the mask is 0, so no result uses
-            # them.
-            pad = self.train["input_ids"].shape[1] - ids.shape[1]
-            states = F.pad(states, (0, 0, 0, pad))
-            mask = F.pad(mask, (0, pad))
+        # Stored per review at full length: a review cached from one batch is gathered into
+        # batches of other widths later. The zeros sit where the mask is 0, so no result uses
+        # them.
+        # Every encoder stage frozen: only the pooled states reach the head (1/seq_len of it);
+        # the mask, unused then, is padded all the same so that batches' rows stack.
+        pad = self.train["input_ids"].shape[1] - ids.shape[1]
+        pooled = upto > len(layers)
+        states = _mean_pool(states, mask) if pooled else F.pad(states, (0, 0, 0, pad))
+        mask = F.pad(mask, (0, pad))
         return {"hidden_states": states, "attention_mask": mask, "labels": batch["labels"]}
 
     def rest(self, model: nn.Module, upto: int) -> nn.Module:
