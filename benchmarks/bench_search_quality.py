@@ -49,9 +49,9 @@ since its strategy started), so the PNG can show best-so-far against trial numbe
 time. A task whose package (or study file) is missing is skipped with the error's message; the
 others still run.
 
-Run (see ``SIZES`` for what each mode trains; the full mode takes < 2 h on a 2-core CPU)::
+Run (see ``SIZES`` for what each mode trains and how long it takes on a 2-core CPU)::
 
-    python benchmarks/bench_search_quality.py --quick --threads 1     # ~10 min: minilm, mobilenet
+    python benchmarks/bench_search_quality.py --quick --threads 1     # ~20 min: minilm, mobilenet
     python benchmarks/bench_search_quality.py --threads 1             # the full comparison
     python benchmarks/bench_search_quality.py --tasks digits --quick  # the quickstart triple
 
@@ -120,8 +120,10 @@ STUDY_FILES: dict[str, dict[str, str]] = {
 #   1-2 s (measured in quick mode).
 # - quick MiniLM (256 reviews at seq 32): trials 5-10 s, retrainings 6-12 s, with stalls of 30-60 s
 #   when other jobs run: 8 trials took ~10 min in all, hence 6.
-# quick, both tasks: ~10 min. full, both tasks: < 2 h (MiniLM 3 x 20 trials + 12 retrainings,
-# about an hour; MobileNetV2 3 x 30 trials + 12 retrainings, about half an hour). The study files'
+# The three strategies, measured on one 2-core machine: quick ~6 min; full 47.5 min (MiniLM 3 x 20
+# trials + 12 retrainings, 40 min; MobileNetV2 3 x 30 + 12, 7 min). The cost-aware fourth search
+# (unpruned) adds about half again: MobileNetV2's four took 25 min and MiniLM's trials 85-120 s on
+# a later machine about twice as slow, where the full mode would take about 2.5 h. The study files'
 # own sizes are kept where they fit (MiniLM's 1,000 validation reviews are halved: four
 # evaluations of 1,000 per trial would cost as much as its training).
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
@@ -716,7 +718,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="minilm,mobilenet",
         help=f"comma-separated, of {', '.join(STUDY_FILES)} (default minilm,mobilenet)",
     )
-    p.add_argument("--quick", action="store_true", help="tiny sizes and few trials (~10 min)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and few trials (~20 min)")
     p.add_argument("--trials", type=int, default=None, help="trials per strategy (overrides mode)")
     p.add_argument("--seeds", type=int, default=3, help="retraining seeds per winner (default 3)")
     p.add_argument("--seed", type=int, default=0, help="the sampler seed of every study")
