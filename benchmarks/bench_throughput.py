@@ -84,6 +84,7 @@ DEFAULT_OUT = _HERE / "results" / "throughput.json"
 TARGET = 3.0  # the issue's: at least 3x with the cache when half the network is frozen
 ONE_AT_A_TIME = ("naive", "plain", "freeze_aware", "cache")
 NAIVE_LR = 1e-30  # "frozen" as a tuner without freezing has it: trained, but no weight moves
+CACHE_DROPOUT = "dropout in the frozen prefix, which runs in eval mode with prefix_cache"
 AGREE = 1e-6  # accuracies: equal up to float noise in the last digit
 
 
@@ -404,19 +405,17 @@ def bench_task(
     model = task.build_model()
     prefix_paths = staged_prefix(task, model, groups, todo[0])
     why_not = {
-        "cache": "dropout in the frozen prefix, which runs in eval mode with prefix_cache"
-        if _has_dropout(model, prefix_paths)
-        else None,
+        "cache": CACHE_DROPOUT if _has(model, prefix_paths, _is_dropout) else None,
         "naive": "BatchNorm in the frozen groups runs in train mode (its running statistics "
         "follow the data), as under plain PyTorch with lr = 0"
-        if _has(model, prefix_paths, nn.modules.batchnorm._BatchNorm)
+        if _has(model, prefix_paths, _is_batchnorm)
         else None,
     }
     for name, mode in modes.items():
         if "seconds_per_trial" not in mode:
             continue
         reason = why_not.get(name)
-        if name.startswith("batched") and _has_dropout(model, [""]):
+        if name.startswith("batched") and _has(model, [""], _is_dropout):
             reason = "dropout: vmap draws its masks per copy, not as a lone trial would"
         mode["expected_to_agree"] = reason is None
         if reason is not None:
@@ -426,9 +425,8 @@ def bench_task(
             modes["naive"]["seconds_per_trial"] / mode["seconds_per_trial"], 3
         )
         mode["cpu_ratio"] = round(plain["cpu_seconds_per_trial"] / mode["cpu_seconds_per_trial"], 3)
-        diffs = [abs(a - b) for a, b in zip(mode["values"], plain["values"], strict=True)]
-        mode["max_abs_diff_vs_plain"] = max(diffs)
-        mode["agrees_with_plain"] = max(diffs) <= AGREE
+        mode["max_abs_diff_vs_plain"] = _max_diff(mode["values"], plain["values"])
+        mode["agrees_with_plain"] = mode["max_abs_diff_vs_plain"] <= AGREE
     cache = modes["cache"]
     sweep = depth_sweep(setup, task, groups, sweep_trials, device) if sweep_trials else []
     return {
@@ -492,10 +490,7 @@ def depth_sweep(
                     plain["cpu_seconds_per_trial"] / cache["cpu_seconds_per_trial"], 3
                 ),
                 "cost_model_ratio": round(predicted, 3),
-                "values_agree": max(
-                    abs(a - b) for a, b in zip(plain["values"], cache["values"], strict=True)
-                )
-                <= AGREE,
+                "values_agree": _max_diff(plain["values"], cache["values"]) <= AGREE,
                 **_sweep_agreement(model, paths),
             }
         )
@@ -504,12 +499,8 @@ def depth_sweep(
 
 def _sweep_agreement(model: nn.Module, paths: Sequence[str]) -> dict[str, Any]:
     """Whether ``cache`` should give ``plain``'s values with this prefix, and if not, why."""
-    if _has_dropout(model, paths):
-        return {
-            "values_expected_to_agree": False,
-            "why_values_differ": "dropout in the frozen prefix, which runs in eval mode with "
-            "prefix_cache",
-        }
+    if _has(model, paths, _is_dropout):
+        return {"values_expected_to_agree": False, "why_values_differ": CACHE_DROPOUT}
     return {"values_expected_to_agree": True}
 
 
@@ -539,13 +530,7 @@ def forward_share(task: Task, model: nn.Module, upto: int, batch_size: int) -> f
 
 
 def _val_examples(task: Task, batch_size: int) -> int:
-    count = 0
-    for batch in task.val_batches(batch_size):
-        first = batch
-        while not isinstance(first, torch.Tensor):
-            first = next(iter(first.values())) if isinstance(first, dict) else first[0]
-        count += first.shape[0]
-    return count
+    return sum(prefix.rows(batch) for batch in task.val_batches(batch_size))
 
 
 def staged_prefix(task: Task, model: nn.Module, groups: LayerGroups, sample: Sample) -> list[str]:
@@ -559,18 +544,21 @@ def staged_prefix(task: Task, model: nn.Module, groups: LayerGroups, sample: Sam
     return list(prefix.frozen_prefix(staged, model))
 
 
-def _has_dropout(model: nn.Module, paths: Sequence[str]) -> bool:
-    """Whether a dropout layer with ``p > 0`` sits in the modules at ``paths``."""
-    return any(
-        isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
-        for path in paths
-        for m in model.get_submodule(path).modules()
-    )
+def _has(model: nn.Module, paths: Sequence[str], test: Callable[[nn.Module], bool]) -> bool:
+    """Whether a module passing ``test`` sits in the modules at ``paths``."""
+    return any(test(m) for p in paths for m in model.get_submodule(p).modules())
 
 
-def _has(model: nn.Module, paths: Sequence[str], kind: type[nn.Module]) -> bool:
-    """Whether a module of ``kind`` sits in the modules at ``paths``."""
-    return any(isinstance(m, kind) for p in paths for m in model.get_submodule(p).modules())
+def _is_dropout(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0
+
+
+def _is_batchnorm(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+def _max_diff(a: Sequence[float], b: Sequence[float]) -> float:
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -597,10 +585,11 @@ def print_table(results: dict[str, Any]) -> None:
                 print(f"{name:10s} {mode:13s} refused: {m['unsupported']}")
                 continue
             peak = f"{m['peak_gpu_memory_mb']:8.0f}" if "peak_gpu_memory_mb" in m else f"{'-':>8s}"
+            agree = _agree(m["agrees_with_plain"], m["expected_to_agree"])
             print(
                 f"{name:10s} {mode:13s} {m['seconds_per_trial']:8.3f} {m['trials_per_hour']:9.0f} "
                 f"{m['ratio']:6.2f} {m['cpu_seconds_per_trial']:7.3f} {m['cpu_ratio']:9.2f} "
-                f"{_agree(m):>6s} {peak}"
+                f"{agree:>6s} {peak}"
             )
         cache = res["modes"]["cache"]
         print(
@@ -622,10 +611,11 @@ def print_sweep(results: dict[str, Any]) -> None:
         return
     print("\ncache by frozen depth\n" + header + "\n" + "-" * len(header))
     for name, r in rows:
+        agree = _agree(r["values_agree"], r["values_expected_to_agree"])
         print(
             f"{name:10s} {r['frozen'][-1]:14s} {r['prefix_forward_share']:9.2f} "
             f"{r['plain_seconds_per_trial']:8.3f} {r['cache_seconds_per_trial']:8.3f} "
-            f"{r['ratio']:6.2f} {r['cost_model_ratio']:6.2f} {_sweep_agree(r):>6s}"
+            f"{r['ratio']:6.2f} {r['cost_model_ratio']:6.2f} {agree:>6s}"
         )
 
 
@@ -665,16 +655,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _sweep_agree(row: dict[str, Any]) -> str:
-    if row["values_agree"]:
+def _agree(agrees: bool, expected: bool) -> str:
+    if agrees:
         return "yes"
-    return "no*" if not row["values_expected_to_agree"] else "NO"
-
-
-def _agree(mode: dict[str, Any]) -> str:
-    if mode["agrees_with_plain"]:
-        return "yes"
-    return "no*" if not mode["expected_to_agree"] else "NO"
+    return "no*" if not expected else "NO"
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

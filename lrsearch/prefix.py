@@ -138,7 +138,7 @@ def _cat(parts: list[Batch]) -> Batch:
     return type(first)(_cat([p[i] for p in parts]) for i in range(len(first)))
 
 
-def _rows(batch: Batch) -> int:
+def rows(batch: Batch) -> int:
     sizes = {t.shape[0] if t.dim() else -1 for t in _tensors(batch)}
     if len(sizes) != 1 or -1 in sizes:
         raise TaskError(
@@ -157,7 +157,7 @@ def slices(table: Batch, size: int) -> Iterator[Batch]:
     """A feature table in batches of ``size``, in order."""
     if table is None:
         return
-    n = _rows(table)
+    n = rows(table)
     for start in range(0, n, size):
         yield _map(table, lambda t: t.narrow(0, start, min(size, n - start)))  # noqa: B023
 
@@ -213,7 +213,7 @@ def compute_features(
                 if idx is _MISSING or batch is _MISSING:
                     raise disagree
                 out = task.run_prefix(model, move(batch, device), upto)
-                if idx is not None and _rows(out) != len(idx):
+                if idx is not None and rows(out) != len(idx):
                     raise disagree
                 used += sum(t.numel() * t.element_size() for t in _tensors(out))
                 if used > limit_bytes:

@@ -269,6 +269,22 @@ def test_train_width_split_gives_every_training_batch_one_shape() -> None:
         rotten_tomatoes_minilm(**TINY, train_width="max")
 
 
+@pytest.fixture
+def empty_cache() -> Iterator[None]:
+    """An empty prefix cache, emptied again after; one torch thread meanwhile (a shared CPU)."""
+    from lrsearch import prefix
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    prefix.clear_cache()
+    try:
+        yield
+    finally:
+        prefix.clear_cache()
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("empty_cache")
 def test_the_prefix_cache_gives_the_same_value_and_is_hit_by_the_second_trial(
     task: text.TextClassificationTask, model: torch.nn.Module
 ) -> None:
@@ -284,22 +300,16 @@ def test_the_prefix_cache_gives_the_same_value_and_is_hit_by_the_second_trial(
     lrs = {"embeddings": 0.0, "layers_0_1": 0.0, "layers_2_3": 0.0, "layers_4_5": 1e-4}
     sample = Sample({**lrs, "head": 1e-2})
     cfg = TrainSection(batch_size=16, max_steps=3, eval_batch_size=16, prefix_cache=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    prefix.clear_cache()
-    try:
-        miss = train_trial(task, groups, sample, cfg, device="cpu", seed=0)
-        assert prefix.cache_info().misses == 1 and prefix.cache_info().hits == 0
-        hit = train_trial(task, groups, sample, cfg, device="cpu", seed=0)
-        assert prefix.cache_info().hits == 1
-    finally:
-        prefix.clear_cache()
-        torch.set_num_threads(threads)
+    miss = train_trial(task, groups, sample, cfg, device="cpu", seed=0)
+    assert prefix.cache_info().misses == 1 and prefix.cache_info().hits == 0
+    hit = train_trial(task, groups, sample, cfg, device="cpu", seed=0)
+    assert prefix.cache_info().hits == 1
     assert miss.frozen_prefix == hit.frozen_prefix == 5
     assert miss.prefix_cached and hit.prefix_cached
     assert hit.value == pytest.approx(miss.value, abs=1e-6)
 
 
+@pytest.mark.usefixtures("empty_cache")
 def test_the_prefix_cache_holds_pooled_states_when_only_the_head_trains() -> None:
     """Every encoder stage frozen: one pooled row per review, from batches of several widths."""
     from lrsearch import prefix
@@ -315,16 +325,9 @@ def test_the_prefix_cache_holds_pooled_states_when_only_the_head_trains() -> Non
     groups = resolve_groups(wide.build_model(), patterns)
     sample = Sample({g: (1e-2 if g == "head" else 0.0) for g in groups.names})
     cfg = TrainSection(batch_size=8, max_steps=3, eval_batch_size=8, prefix_cache=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    prefix.clear_cache()
-    try:
-        miss = train_trial(wide, groups, sample, cfg, device="cpu", seed=0)
-        hit = train_trial(wide, groups, sample, cfg, device="cpu", seed=0)
-        assert prefix.cache_info().misses == 1 and prefix.cache_info().hits == 1
-    finally:
-        prefix.clear_cache()
-        torch.set_num_threads(threads)
+    miss = train_trial(wide, groups, sample, cfg, device="cpu", seed=0)
+    hit = train_trial(wide, groups, sample, cfg, device="cpu", seed=0)
+    assert prefix.cache_info().misses == 1 and prefix.cache_info().hits == 1
     assert miss.frozen_prefix == hit.frozen_prefix == 7  # embeddings and the six layers
     assert miss.prefix_cached and hit.prefix_cached
     assert hit.value == pytest.approx(miss.value, abs=1e-6)

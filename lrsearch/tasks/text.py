@@ -208,9 +208,8 @@ class TextClassificationTask:
         states = _run_layers(encoder.config, layers[: upto - 1], states, mask)
         # Stored per review at full length: a review cached from one batch is gathered into
         # batches of other widths later. The zeros sit where the mask is 0, so no result uses
-        # them.
-        # Every encoder stage frozen: only the pooled states reach the head (1/seq_len of it);
-        # the mask, unused then, is padded all the same so that batches' rows stack.
+        # them. With every encoder stage frozen only the pooled states reach the head (1/seq_len
+        # of it); the mask, unused then, is padded all the same so that batches' rows stack.
         pad = self.train["input_ids"].shape[1] - ids.shape[1]
         pooled = upto > len(layers)
         states = _mean_pool(states, mask) if pooled else F.pad(states, (0, 0, 0, pad))
