@@ -37,6 +37,23 @@ def postgres_url() -> str | None:
     return os.environ.get(POSTGRES_ENV) or None
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module of small models (``pytestmark`` of that module).
+
+    On a CPU shared with other jobs, OpenMP threads only wait for each other: two threads made
+    the vision tests 8x slower.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _no_storage_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """A developer's own $LRSEARCH_STORAGE must never receive test studies."""

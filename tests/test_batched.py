@@ -34,13 +34,7 @@ CFG = TrainSection(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    # These models are tiny: on a shared CPU, OpenMP threads only wait for each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Net(nn.Module):

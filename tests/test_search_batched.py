@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -33,13 +33,7 @@ GOOD = {"lr.embed": 0.05, "lr.body": 0.05, "lr.head": 0.05}
 SLOW = {"lr.embed": 1e-4, "lr.body": 1e-4, "lr.head": 1e-4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny models on a shared CPU: OpenMP threads only wait for each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class _NormNet(nn.Module):

@@ -270,18 +270,15 @@ def test_train_width_split_gives_every_training_batch_one_shape() -> None:
 
 
 @pytest.fixture
-def empty_cache() -> Iterator[None]:
-    """An empty prefix cache, emptied again after; one torch thread meanwhile (a shared CPU)."""
+def empty_cache(one_torch_thread: None) -> Iterator[None]:
+    """An empty prefix cache, emptied again after (the trials train on one torch thread)."""
     from lrsearch import prefix
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     prefix.clear_cache()
     try:
         yield
     finally:
         prefix.clear_cache()
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.usefixtures("empty_cache")
