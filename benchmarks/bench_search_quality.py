@@ -324,14 +324,13 @@ def pick_winners(record: dict[str, Any], strategy: str) -> dict[str, dict[str, A
     if not done:
         return {}
     best = max(done, key=lambda t: (sign * t["value"], -t["number"]))
+    if strategy not in ("per_group", COST_AWARE):
+        return {strategy: best}
     near = [t for t in done if sign * (best["value"] - t["value"]) <= NEAR_BEST + 1e-12]
     cheapest = min(near, key=lambda t: (t["train_s"] or math.inf, t["number"]))
     if strategy == COST_AWARE:
         return {f"{COST_AWARE}_cheapest": cheapest}
-    winners = {strategy: best}
-    if strategy == "per_group":
-        winners["per_group_cheapest"] = cheapest
-    return winners
+    return {strategy: best, "per_group_cheapest": cheapest}
 
 
 def retrain(
