@@ -4,7 +4,11 @@ Three kinds of space, chosen by ``[space] kind``:
 
 - ``per_group``: an independent log-uniform rate per group (``lr.<group>``); a group named in
   ``freeze`` first samples ``freeze.<group>`` (a real choice, so the sampler learns whether
-  freezing pays) and only samples its rate when it trains.
+  freezing pays) and only samples its rate when it trains. With ``freeze_mode = "prefix"`` it
+  samples one ``freeze_depth`` instead, 0 to len(freeze): how many of the freeze groups, lowest
+  first, are frozen. Only a frozen prefix makes a trial cheaper (backward stops at the lowest
+  group that learns, and ``prefix_cache`` skips the prefix's forward pass); a frozen group above
+  one that learns saves little, so the prefix space spends the budget where freezing pays.
 - ``single``: one rate ``lr`` shared by every searched group: the baseline a practitioner tunes
   by hand, searched with the same trainer, budget and pruner.
 - ``layer_decay``: ``base_lr`` for the top non-head group, multiplied by ``decay`` once per group
@@ -76,11 +80,14 @@ class SearchSpace:
         """Suggest this trial's rates; frozen and fixed groups suggest nothing they don't need."""
         s = self.space
         searched = [g for g in self.groups if self._fixed(g) is None]
-        frozen = {
-            g
-            for g in searched
-            if self._refs(g, s.freeze) and trial.suggest_categorical(f"freeze.{g}", [False, True])
-        }
+        freezable = [g for g in searched if self._refs(g, s.freeze)]
+        if s.freeze_mode == "prefix":
+            depth = trial.suggest_int("freeze_depth", 0, len(freezable)) if freezable else 0
+            frozen = set(freezable[:depth])
+        else:
+            frozen = {
+                g for g in freezable if trial.suggest_categorical(f"freeze.{g}", [False, True])
+            }
         lrs: dict[str, float] = {}
         if s.kind == "per_group":
             for g in searched:

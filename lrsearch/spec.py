@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +32,7 @@ SCHEDULES = ("constant", "warmup_cosine", "warmup_linear")
 PRUNERS = ("hyperband", "successive_halving", "median", "none")
 SAMPLERS = ("tpe", "random")
 SPACE_KINDS = ("per_group", "layer_decay", "single")
+FREEZE_MODES = ("any", "prefix")
 # Keys of [space] that the chosen kind of space never reads, and the kind that does.
 _IGNORED_BY_KIND = {
     "per_group": ("decay", "head", "head_multiplier"),
@@ -81,6 +84,7 @@ class SpaceSection:
     lr: tuple[float, float] = (1e-5, 1e-1)
     lr_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     freeze: tuple[str, ...] = ()
+    freeze_mode: Literal["any", "prefix"] = "any"
     fixed: dict[str, float] = field(default_factory=dict)
     decay: tuple[float, float] = (0.5, 1.0)
     head: tuple[str, ...] = ()
@@ -201,8 +205,6 @@ def load_spec(path: str | Path) -> StudySpec:
 
 def group_ref_problems(space: SpaceSection, group_names: tuple[str, ...]) -> list[str]:
     """Problems with group names referenced by ``[space]`` (freeze, fixed, lr_ranges, head)."""
-    from fnmatch import fnmatchcase
-
     problems = []
     known = ", ".join(group_names)
     refs: list[tuple[str, str]] = [("freeze", p) for p in space.freeze]
@@ -212,6 +214,8 @@ def group_ref_problems(space: SpaceSection, group_names: tuple[str, ...]) -> lis
     for key, ref in refs:
         if not any(fnmatchcase(g, ref) for g in group_names):
             problems.append(f"[space] {key}: {ref!r} names no group; the groups are: {known}")
+    if space.freeze_mode == "prefix":
+        problems += _prefix_problems(space, group_names)
     if space.kind == "layer_decay":
         heads = {g for g in group_names if any(fnmatchcase(g, h) for h in space.head)}
         if not [g for g in group_names if g not in heads]:
@@ -220,6 +224,31 @@ def group_ref_problems(space: SpaceSection, group_names: tuple[str, ...]) -> lis
                 "name only the head groups in head"
             )
     return problems
+
+
+def _prefix_problems(space: SpaceSection, group_names: tuple[str, ...]) -> list[str]:
+    """``freeze_mode = "prefix"`` freezes the lowest freeze groups first: below the highest of
+    them, every group must be one too, or be fixed at 0 (frozen for good)."""
+
+    def matches(g: str, patterns: Iterable[str]) -> bool:
+        return any(fnmatchcase(g, p) for p in patterns)
+
+    freezable = [i for i, g in enumerate(group_names) if matches(g, space.freeze)]
+    if not freezable:
+        return []
+    gaps = [
+        g
+        for g in group_names[: freezable[-1]]
+        if not matches(g, space.freeze)
+        and not any(fnmatchcase(g, p) and lr == 0 for p, lr in space.fixed.items())
+    ]
+    if not gaps:
+        return []
+    return [
+        f"[space] freeze_mode: 'prefix' freezes groups from the bottom up, but {', '.join(gaps)} "
+        f"lies below {group_names[freezable[-1]]!r} and may not be frozen; add it to freeze, "
+        "fix it at 0, or set freeze_mode = 'any'"
+    ]
 
 
 def _jsonable(value: Any) -> Any:
@@ -467,6 +496,13 @@ class _Reader:
         for g, r in raw_ranges.items():
             ranges[g] = self.range(f"[space] lr_ranges.{g}", r, lr)
         freeze = self.names(s, t, "freeze")
+        freeze_mode = self.take(s, t, "freeze_mode", str, d.freeze_mode, choices=FREEZE_MODES)
+        if freeze_mode == "prefix" and not freeze:
+            self.problem(
+                "[space] freeze_mode",
+                "'prefix' chooses how many of the freeze groups to freeze, but freeze names none; "
+                "list the lowest groups in freeze, or remove freeze_mode",
+            )
         head = self.names(s, t, "head")
         fixed: dict[str, float] = {}
         for g, v in self.take(s, t, "fixed", dict, {}).items():
@@ -514,6 +550,7 @@ class _Reader:
                 "lr",
                 "lr_ranges",
                 "freeze",
+                "freeze_mode",
                 "fixed",
                 "decay",
                 "head",
@@ -521,7 +558,7 @@ class _Reader:
                 "weight_decay",
             ),
         )
-        return SpaceSection(kind, lr, ranges, freeze, fixed, decay, head, mult, wd)
+        return SpaceSection(kind, lr, ranges, freeze, freeze_mode, fixed, decay, head, mult, wd)
 
     def names(self, s: str, t: dict[str, Any], key: str) -> tuple[str, ...]:
         value = self.take(s, t, key, (list, str), [])

@@ -8,7 +8,7 @@ from typing import Any
 
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FixedTrial
 
 from lrsearch.errors import SpecError
@@ -77,6 +77,32 @@ def test_freezable_groups_sample_the_choice(choice: bool, expected_params: set[s
     assert (sample.lrs["low"] == 0.0) is choice
     assert sample.lrs["high"] > 0 and sample.lrs["head"] > 0
     assert sample.frozen == (("emb", "low") if choice else ())
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2, 3])
+def test_prefix_mode_freezes_the_lowest_groups_first(depth: int) -> None:
+    space = SearchSpace(SpaceSection(freeze=("high", "e*", "low"), freeze_mode="prefix"), GROUPS)
+    trial, sample = ask(space, enqueue={"freeze_depth": depth})
+    # One ordered choice, not a coin per group: the order is the groups', not freeze's.
+    assert trial.distributions["freeze_depth"] == IntDistribution(0, 3)
+    assert not any(name.startswith("freeze.") for name in trial.params)
+    assert sample.frozen == ("emb", "low", "high")[:depth]
+    assert set(trial.params) == {"freeze_depth"} | {f"lr.{g}" for g in GROUPS[depth:]}
+
+
+def test_prefix_mode_may_start_above_a_group_fixed_at_zero() -> None:
+    space = SearchSpace(
+        SpaceSection(freeze=("low", "high"), freeze_mode="prefix", fixed={"emb": 0.0}), GROUPS
+    )
+    params = {"freeze_depth": 1, "lr.high": 1e-3, "lr.head": 1e-2}
+    sample = space.sample(FixedTrial(params))
+    assert sample.lrs == {"emb": 0.0, "low": 0.0, "high": 1e-3, "head": 1e-2}
+
+
+def test_prefix_mode_with_a_gap_names_the_group() -> None:
+    # Auto-depth groups are known only when the model is: SearchSpace checks them again.
+    with pytest.raises(SpecError, match=r"low lies below 'high' and may not be frozen"):
+        SearchSpace(SpaceSection(freeze=("emb", "high"), freeze_mode="prefix"), GROUPS)
 
 
 def test_frozen_group_with_fixed_trial_needs_no_lr() -> None:

@@ -201,6 +201,7 @@ OPTIONAL_KEYS = [
     ("space", 'lr_ranges = { head = [1e-3, 1.0], "b*" = [1e-5, 1e-4] }'),
     ("space", 'freeze = ["body"]'),
     ("space", 'freeze = "body"'),
+    ("space", 'freeze = ["body"]\nfreeze_mode = "prefix"'),
     ("space", "fixed = { body = 0.0, head = 1e-3 }"),
     ("space", 'kind = "layer_decay"\ndecay = [0.7, 0.95]'),
     ("space", 'kind = "layer_decay"\nhead_multiplier = [1, 10]'),
@@ -444,6 +445,24 @@ BAD: list[tuple[str, dict[str, str | None], str, str]] = [
         "[space] fixed.body",
         "is also in freeze",
     ),
+    (
+        "freeze-mode-unknown",
+        {"space": 'freeze = ["body"]\nfreeze_mode = "bottom"'},
+        "[space] freeze_mode",
+        "one of",
+    ),
+    (
+        "freeze-mode-prefix-without-freeze",
+        {"space": 'freeze_mode = "prefix"'},
+        "[space] freeze_mode",
+        "freeze names none",
+    ),
+    (
+        "freeze-mode-prefix-gap",
+        {"space": 'freeze = ["head"]\nfreeze_mode = "prefix"'},
+        "[space] freeze_mode",
+        "body lies below 'head' and may not be frozen; add it to freeze, fix it at 0",
+    ),
     ("wd-negative", {"space": "weight_decay = -0.1"}, "[space] weight_decay", "must be >= 0"),
     ("wd-bool", {"space": "weight_decay = true"}, "[space] weight_decay", "a number >= 0"),
     ("wd-range-zero", {"space": "weight_decay = [0, 0.1]"}, "[space] weight_decay", "`low > 0`"),
@@ -518,6 +537,18 @@ def test_fixed_group_inside_a_freeze_glob_is_allowed(tmp_path: Path) -> None:
     text = make_toml({"space": 'freeze = ["*"]\nfixed = { body = 0.1 }'})
     spec = load_spec(write(tmp_path, text))
     assert (spec.space.freeze, spec.space.fixed) == (("*",), {"body": 0.1})
+
+
+def test_prefix_freezing_above_a_group_fixed_at_zero_is_allowed(tmp_path: Path) -> None:
+    # A group frozen for good is part of every prefix: the searched prefix may start above it.
+    text = make_toml({"space": 'freeze = ["head"]\nfreeze_mode = "prefix"\nfixed = { body = 0 }'})
+    spec = load_spec(write(tmp_path, text))
+    assert (spec.space.freeze_mode, spec.space.fixed) == ("prefix", {"body": 0.0})
+    nonzero = make_toml(
+        {"space": 'freeze = ["head"]\nfreeze_mode = "prefix"\nfixed = { body = 1e-3 }'}
+    )
+    (problem,) = spec_error(tmp_path, nonzero).problems
+    assert problem.startswith("[space] freeze_mode: 'prefix' freezes groups from the bottom up")
 
 
 def test_reference_to_a_group_with_bad_patterns_is_one_problem(tmp_path: Path) -> None:
