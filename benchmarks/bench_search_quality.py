@@ -58,7 +58,13 @@ Run (see ``SIZES`` for what each mode trains and how long it takes on a 2-core C
 On a CPU shared with other torch jobs pass ``--threads 1``: more torch threads than free cores
 stall training for many times its length (a 2 s trial measured at 50-220 s), timings included.
 
-Results go to ``benchmarks/results/search_quality.json`` (``--out``) and a PNG beside it.
+Results go to ``benchmarks/results/search_quality.json`` (``--out``) and a PNG beside it. To use
+both cores of a small machine, run one task per core and join the results (``--merge``)::
+
+    B=benchmarks/bench_search_quality.py
+    taskset -c 0 python $B --tasks minilm --threads 1 --out a.json &
+    taskset -c 1 python $B --tasks mobilenet --threads 1 --out b.json; wait
+    python $B --merge a.json b.json          # the targets over both tasks
 """
 
 from __future__ import annotations
@@ -736,7 +742,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file; the PNG goes beside")
     p.add_argument("--note", default=None, help="a line about where and how it ran")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="search nothing: join the tasks of earlier runs' JSON files (e.g. one task per core, "
+        "run side by side) into --out, with the targets judged over all of them",
+    )
     args = p.parse_args(argv)
+    if args.merge is not None:
+        return args
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in args.tasks if t not in STUDY_FILES]
     if unknown or not args.tasks:
@@ -752,6 +769,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge is not None:
+        return merge(args.merge, args.out, note=args.note)
     # The real tasks load local weights; never wait on a network that is not there.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -842,6 +861,56 @@ def write_json(
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(_clean(report), indent=2) + "\n", encoding="utf-8")
     return report
+
+
+def merge(paths: list[Path], out: Path, *, note: str | None = None) -> int:
+    """Join the tasks of several runs' JSON files into ``out`` and judge the targets over them.
+
+    Each run keeps its own date, note, machine, source and config under ``runs``; a task in two
+    files is refused (which one counts would be a guess), as is a file that is not this script's.
+    """
+    runs, tasks = [], {}
+    for path in paths:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            print(f"--merge: cannot read {path}: {e}", file=sys.stderr)
+            return 2
+        if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict):
+            print(f"--merge: {path} is not a bench_search_quality.py result", file=sys.stderr)
+            return 2
+        again = sorted(set(data["tasks"]) & set(tasks))
+        if again:
+            print(
+                f"--merge: task(s) {', '.join(again)} in {path} and an earlier file; "
+                "merge each task once",
+                file=sys.stderr,
+            )
+            return 2
+        tasks.update(data["tasks"])
+        runs.append(
+            {"file": path.name, "tasks": sorted(data["tasks"])}
+            | {k: data.get(k) for k in ("date", "note", "machine", "source", "config")}
+            | {"wall_s": data.get("total_wall_s")}
+        )
+    report = {
+        "benchmark": "per-group lr search vs one lr vs layer-wise decay (bench_search_quality.py)",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "note": note,
+        "merged_from": runs,
+        "tasks": tasks,
+        "skipped": {t: r["skipped"] for t, r in tasks.items() if "skipped" in r},
+        "targets": targets(tasks),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_clean(report), indent=2) + "\n", encoding="utf-8")
+    for task, record in tasks.items():
+        print_table(task, record)
+    print_targets(report["targets"])
+    png = out.with_suffix(".png")
+    plot(tasks, png)
+    print(f"\nwrote {out} and {png} from {len(paths)} file(s)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -175,3 +175,49 @@ def test_a_task_whose_package_is_missing_is_skipped(
     assert "results" not in data["tasks"]["missing"]
     assert all(t["passed"] is False for t in data["targets"].values())
     assert out.with_suffix(".png").exists()
+
+
+def test_merge_judges_the_targets_over_every_file(
+    bench: ModuleType, report: dict[str, Any], tmp_path: Path
+) -> None:
+    first, second, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "merged.json"
+    first.write_text(json.dumps(report), encoding="utf-8")
+    # A second run of another task: the same record under another name, one of its (a)
+    # comparisons made a loss, so the merged verdict must come from both files.
+    other = json.loads(json.dumps(report))
+    other["note"] = "core 1"
+    record = other["tasks"].pop("digits")
+    record["results"]["per_group"]["test"]["mean"] = -1.0
+    other["tasks"]["other"] = record
+    second.write_text(json.dumps(other), encoding="utf-8")
+
+    assert bench.main(["--merge", str(first), str(second), "--out", str(out)]) == 0
+    merged = json.loads(out.read_text(encoding="utf-8"))
+    assert set(merged["tasks"]) == {"digits", "other"}
+    assert [(r["file"], r["tasks"], r["note"]) for r in merged["merged_from"]] == [
+        ("a.json", ["digits"], report["note"]),
+        ("b.json", ["other"], "core 1"),
+    ]
+    assert merged["merged_from"][0]["source"] == report["source"]
+    a = merged["targets"]["a"]
+    assert set(a["per_task"]) == {"digits", "other"}
+    assert a["per_task"]["other"]["not_worse"] is False and a["passed"] is False
+    assert (
+        merged["targets"]["c"]["per_task"]["digits"] == report["targets"]["c"]["per_task"]["digits"]
+    )
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_merge_refuses_a_task_twice_and_a_foreign_file(
+    bench: ModuleType, report: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, foreign, out = tmp_path / "a.json", tmp_path / "x.json", tmp_path / "merged.json"
+    first.write_text(json.dumps(report), encoding="utf-8")
+    foreign.write_text('{"benchmark": "something else"}', encoding="utf-8")
+    assert bench.main(["--merge", str(first), str(first), "--out", str(out)]) == 2
+    assert "task(s) digits in" in capsys.readouterr().err
+    assert bench.main(["--merge", str(first), str(foreign), "--out", str(out)]) == 2
+    assert "is not a bench_search_quality.py result" in capsys.readouterr().err
+    assert bench.main(["--merge", str(tmp_path / "none.json"), "--out", str(out)]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert not out.exists()
