@@ -469,7 +469,7 @@ def targets(tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
         # several times its length, which would decide a mean on its own.
         speedup = _ratio(single["median"], cheap["train_s"]["median"])
         per_task_c[name] = {
-            "per_group_cheapest_train_s": cheap["train_s"]["median"],
+            "cost_aware_cheapest_train_s": cheap["train_s"]["median"],
             "single_lr_train_s": single["median"],
             "speedup": speedup,
             "speedup_of_means": _ratio(single["mean"], cheap["train_s"]["mean"]),
@@ -625,7 +625,7 @@ def print_targets(result: dict[str, Any]) -> None:
         print(f"target ({key}) {verdict}: {t['rule']}")
         for task, c in t["per_task"].items():
             if key == "c":
-                cheap = _fmt(c["per_group_cheapest_train_s"], ".2f")
+                cheap = _fmt(c["cost_aware_cheapest_train_s"], ".2f")
                 single = _fmt(c["single_lr_train_s"], ".2f")
                 speedup = _fmt(c["speedup"], ".2f")
                 means = _fmt(c["speedup_of_means"], ".2f")
