@@ -716,6 +716,8 @@ def _importance_columns(
         if max(xs) - min(xs) > 1e-12:
             columns[g] = xs
     for knob in knob_columns(trials):
+        if knob == "freeze_depth":
+            continue  # the groups' columns hold it already: frozen is a rate below the lowest
         values = done[knob]
         if values.dtype.kind != "f" or values.isna().any() or values.nunique() < 2:
             continue

@@ -364,6 +364,23 @@ def test_importance_finds_the_group_that_matters(
     assert few.values == {} and "too few complete trials (3)" in few.note
 
 
+def test_a_prefix_space_has_a_freeze_depth_column_and_no_double_importance(
+    sqlite_url: str, study_name: str, toy_spec: SpecBuilder
+) -> None:
+    space = {"freeze": ["embed", "body"], "freeze_mode": "prefix"}
+    spec = toy_spec(study_name, space=space, study={"seed": 1})
+    run_search(spec, storage=sqlite_url, n_trials=10, device="cpu", train_fn=_head_matters)
+    study = optuna.load_study(study_name=study_name, storage=open_storage(sqlite_url))
+    df = trials_frame(study)
+    frozen = df["frozen.embed"].astype(int) + df["frozen.body"].astype(int)
+    assert list(df["freeze_depth"]) == list(frozen)
+    assert not (df["frozen.body"] & ~df["frozen.embed"]).any()  # a prefix, never a gap
+    assert df["freeze_depth"].nunique() > 1
+    imp = group_importance(study, df, GROUPS)
+    # freeze_depth is what the groups' own columns say: counted there, not twice.
+    assert set(imp.values) <= set(GROUPS) and max(imp.values, key=imp.values.__getitem__) == "head"
+
+
 # ---- lrsearch trials ----------------------------------------------------------------------------
 
 
