@@ -65,6 +65,22 @@ def test_readme_shows_the_study_file_reference_for_every_section() -> None:
         assert f"[{section}]" in reference
 
 
+def test_readme_study_file_reference_names_every_key() -> None:
+    import dataclasses
+
+    from lrsearch import spec
+
+    reference = README.split("## Study file reference", 1)[1].split("\n## ", 1)[0]
+    missing = []
+    for section in dataclasses.fields(spec.StudySpec):
+        table = getattr(spec, str(section.type))
+        for key in dataclasses.fields(table):
+            # [groups] holds the group names themselves; its one key is auto_depth.
+            if key.name != "patterns" and not re.search(rf"^#?\s*{key.name} =", reference, re.M):
+                missing.append(f"[{section.name}] {key.name}")
+    assert not missing, f"keys the study file reference does not show: {missing}"
+
+
 @pytest.mark.slow
 def test_quickstart_runs_exactly_as_the_readme_says(tmp_path: Path) -> None:
     install, _ = _two_commands()
