@@ -20,12 +20,11 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.trial import TrialState
 from torch import nn
 
 from lrsearch.errors import ExportError, GroupError, LrsearchError
 from lrsearch.groups import build_param_groups, make_optimizer, resolve_groups
-from lrsearch.pick import Rule, pick
+from lrsearch.pick import Rule, numbered, pick
 from lrsearch.storage import GROUPS_ATTR, load_study, stored_spec, trial_info
 
 SCHEMA = "lrsearch/optimizer-config/v1"
@@ -41,24 +40,15 @@ def pick_trial(
         ExportError: No complete trial, no such trial, the trial is not complete, or no trial meets
             ``rule``.
     """
-    if number is None:
-        maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-        try:
-            return pick(study.get_trials(deepcopy=False), maximize=maximize, rule=rule)
-        except LrsearchError as e:
-            raise ExportError(f"study {study.study_name!r}: {e}") from None
     trials = study.get_trials(deepcopy=False)
-    if not 0 <= number < len(trials):
-        raise ExportError(
-            f"study {study.study_name!r} has no trial {number} (trials 0..{len(trials) - 1})"
-        )
-    trial = trials[number]
-    if trial.state != TrialState.COMPLETE:
-        raise ExportError(
-            f"trial {number} of study {study.study_name!r} is {trial.state.name}, not COMPLETE; "
-            "export a complete trial"
-        )
-    return trial
+    try:
+        if number is None:
+            maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+            return pick(trials, maximize=maximize, rule=rule)
+        return numbered(trials, number, study=study.study_name, use="export")
+    except LrsearchError as e:
+        where = f"study {study.study_name!r}: " if number is None else ""
+        raise ExportError(f"{where}{e}") from None
 
 
 def export_config(

@@ -77,6 +77,27 @@ def candidates(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state == TrialState.COMPLETE and metric(t) is not None]
 
 
+def numbered(trials: Sequence[FrozenTrial], number: int, *, study: str, use: str) -> FrozenTrial:
+    """Trial ``number`` of one study's ``trials`` (in order), which must be complete.
+
+    Raises:
+        LrsearchError: There is no such trial, or it is not COMPLETE; ``use`` (e.g. "export")
+            says what the caller wanted it for.
+    """
+    if not 0 <= number < len(trials):
+        known = f"0..{len(trials) - 1}" if trials else "none"
+        raise LrsearchError(
+            f"study {study!r} has no trial {number} (trials: {known}); check --trial"
+        )
+    trial = trials[number]
+    if trial.state != TrialState.COMPLETE:
+        raise LrsearchError(
+            f"trial {number} of study {study!r} is {trial.state.name}, not COMPLETE; {use} a "
+            "complete trial (`lrsearch best --top 5` lists them)"
+        )
+    return trial
+
+
 def rank(trials: Iterable[FrozenTrial], *, maximize: bool) -> list[FrozenTrial]:
     """Candidates best metric first; ties to the earliest trial."""
     sign = -1.0 if maximize else 1.0

@@ -31,7 +31,7 @@ import optuna
 from optuna.trial import TrialState
 
 from lrsearch.errors import LrsearchError, TrialFailure
-from lrsearch.pick import metric, rank
+from lrsearch.pick import metric, numbered, rank
 from lrsearch.storage import load_study, stored_spec, trial_info
 
 if TYPE_CHECKING:
@@ -208,17 +208,7 @@ def _pick(
             )
         chosen = ranked[0]
     else:
-        if not 0 <= number < len(trials):
-            last = f"0..{len(trials) - 1}" if trials else "none"
-            raise LrsearchError(
-                f"study {study.study_name!r} has no trial {number} (trials: {last}); check --trial"
-            )
-        chosen = trials[number]
-        if chosen.state != TrialState.COMPLETE:
-            raise LrsearchError(
-                f"trial {number} of study {study.study_name!r} is {chosen.state.name}, not "
-                "COMPLETE; verify a complete trial (`lrsearch best --top 5` lists them)"
-            )
+        chosen = numbered(trials, number, study=study.study_name, use="verify")
     if not trial_info(chosen)["lrs"]:
         raise LrsearchError(
             f"trial {chosen.number} of study {study.study_name!r} has no stored rates; it was "

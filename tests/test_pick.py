@@ -18,7 +18,7 @@ import lrsearch
 from lrsearch.analysis import list_studies
 from lrsearch.cli import main
 from lrsearch.errors import LrsearchError, SpecError
-from lrsearch.pick import Rule, cost, metric, pareto_front, pick, rank
+from lrsearch.pick import Rule, cost, metric, numbered, pareto_front, pick, rank
 from lrsearch.spec import StudySpec
 from lrsearch.storage import open_storage, trial_lrs
 
@@ -223,3 +223,14 @@ def test_trial_and_rule_together_are_a_usage_error(storage_url: str, study_name:
     )
     assert result.exit_code == 2
     assert "--within / --max-cost" in result.output
+
+
+def test_numbered_takes_a_complete_trial_by_number_and_says_what_else_there_is() -> None:
+    trials = [trial(0, 0.5), trial(1, None, state=TrialState.PRUNED)]
+    assert numbered(trials, 0, study="s", use="export") is trials[0]
+    with pytest.raises(LrsearchError, match=r"trial 1 of study 's' is PRUNED.*; verify a complete"):
+        numbered(trials, 1, study="s", use="verify")
+    with pytest.raises(LrsearchError, match=r"has no trial 2 \(trials: 0\.\.1\); check --trial"):
+        numbered(trials, 2, study="s", use="export")
+    with pytest.raises(LrsearchError, match=r"has no trial 0 \(trials: none\)"):
+        numbered([], 0, study="s", use="export")
