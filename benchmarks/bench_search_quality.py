@@ -789,6 +789,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, *, start: float) -> int:
     run_id = uuid.uuid4().hex[:8]
+    # The code measured is the checkout as the run starts: a long run outlives later commits.
+    args.source = _common.source("lrsearch", "studies", dirty_key="uncommitted_changes")
     tmp = None
     url = args.storage
     if url is None:
@@ -834,7 +836,7 @@ def write_json(
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "note": args.note,
         "machine": machine(args.device),
-        "source": _common.source("lrsearch", "studies", dirty_key="uncommitted_changes"),
+        "source": args.source,
         "config": {
             "mode": "quick" if args.quick else "full",
             "tasks": args.tasks,

@@ -168,9 +168,13 @@ def test_a_task_whose_package_is_missing_is_skipped(
     monkeypatch.setitem(bench.STUDY_FILES, "missing", files)
     monkeypatch.setitem(bench.SIZES, "missing", bench.SIZES["digits"])
     out = tmp_path / "missing.json"
+    # A commit made while a long run goes on must not be recorded as the code it measured.
+    commits = iter(["at-start", "later", "later"])
+    monkeypatch.setattr(bench._common, "source", lambda *a, **k: {"commit": next(commits)})
 
     assert bench.main(["--tasks", "missing", "--trials", "1", "--out", str(out)]) == 0
     data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["source"] == {"commit": "at-start"}
     assert "no_such_package" in data["skipped"]["missing"]
     assert "results" not in data["tasks"]["missing"]
     assert all(t["passed"] is False for t in data["targets"].values())
