@@ -51,7 +51,7 @@ others still run.
 
 Run (see ``SIZES`` for what each mode trains and how long it takes on a 2-core CPU)::
 
-    python benchmarks/bench_search_quality.py --quick --threads 1     # ~20 min: minilm, mobilenet
+    python benchmarks/bench_search_quality.py --quick --threads 1     # ~8-10 min: minilm, mobilenet
     python benchmarks/bench_search_quality.py --threads 1             # the full comparison
     python benchmarks/bench_search_quality.py --tasks digits --quick  # the quickstart triple
 
@@ -126,12 +126,12 @@ STUDY_FILES: dict[str, dict[str, str]] = {
 #   1-2 s (measured in quick mode).
 # - quick MiniLM (256 reviews at seq 32): trials 5-10 s, retrainings 6-12 s, with stalls of 30-60 s
 #   when other jobs run: 8 trials took ~10 min in all, hence 6.
-# The three strategies, measured on one 2-core machine: quick ~6 min; full 47.5 min (MiniLM 3 x 20
-# trials + 12 retrainings, 40 min; MobileNetV2 3 x 30 + 12, 7 min). The cost-aware fourth search
-# (unpruned) adds about half again: MobileNetV2's four took 25 min and MiniLM's trials 85-120 s on
-# a later machine about twice as slow, where the full mode would take about 2.5 h. The study files'
-# own sizes are kept where they fit (MiniLM's 1,000 validation reviews are halved: four
-# evaluations of 1,000 per trial would cost as much as its training).
+# All four searches, full mode, measured on a 2-core machine with one task per core (--merge):
+# MiniLM 73 min (trials 20-80 s: a cached 3-layer prefix ~23 s, a full fine-tune ~73 s),
+# MobileNetV2 12.8 min; quick mode 7.9 min for both tasks on one core. Machines here differ by up
+# to 2.6x per trial; on the slowest seen, the two tasks in one process would take about 2.5 h.
+# The study files' own sizes are kept where they fit (MiniLM's 1,000 validation reviews are
+# halved: four evaluations of 1,000 per trial would cost as much as its training).
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "minilm": {
         "quick": {
@@ -723,7 +723,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="minilm,mobilenet",
         help=f"comma-separated, of {', '.join(STUDY_FILES)} (default minilm,mobilenet)",
     )
-    p.add_argument("--quick", action="store_true", help="tiny sizes and few trials (~20 min)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and few trials (~10 min)")
     p.add_argument("--trials", type=int, default=None, help="trials per strategy (overrides mode)")
     p.add_argument("--seeds", type=int, default=3, help="retraining seeds per winner (default 3)")
     p.add_argument("--seed", type=int, default=0, help="the sampler seed of every study")
