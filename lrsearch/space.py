@@ -28,7 +28,7 @@ from fnmatch import fnmatchcase
 import optuna
 
 from lrsearch.errors import SpecError
-from lrsearch.spec import SpaceSection, group_ref_problems
+from lrsearch.spec import SpaceSection, fixed_rate, group_ref_problems
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,7 @@ class SearchSpace:
         return any(fnmatchcase(group, p) for p in patterns)
 
     def _fixed(self, group: str) -> float | None:
-        for pattern, lr in self.space.fixed.items():
-            if fnmatchcase(group, pattern):
-                return lr
-        return None
+        return fixed_rate(self.space, group)
 
     def _range(self, group: str) -> tuple[float, float]:
         for pattern, rng in self.space.lr_ranges.items():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -226,21 +225,29 @@ def group_ref_problems(space: SpaceSection, group_names: tuple[str, ...]) -> lis
     return problems
 
 
+def fixed_rate(space: SpaceSection, group: str) -> float | None:
+    """The rate ``[space] fixed`` gives ``group`` (its first matching pattern); None: searched."""
+    for pattern, lr in space.fixed.items():
+        if fnmatchcase(group, pattern):
+            return lr
+    return None
+
+
 def _prefix_problems(space: SpaceSection, group_names: tuple[str, ...]) -> list[str]:
     """``freeze_mode = "prefix"`` freezes the lowest freeze groups first: below the highest of
-    them, every group must be one too, or be fixed at 0 (frozen for good)."""
-
-    def matches(g: str, patterns: Iterable[str]) -> bool:
-        return any(fnmatchcase(g, p) for p in patterns)
-
-    freezable = [i for i, g in enumerate(group_names) if matches(g, space.freeze)]
+    them, every group must be one too, or be fixed at 0 (frozen for good). A fixed group is not
+    searched, so a ``freeze`` pattern that matches it does not make it freezable."""
+    freezable = [
+        i
+        for i, g in enumerate(group_names)
+        if fixed_rate(space, g) is None and any(fnmatchcase(g, p) for p in space.freeze)
+    ]
     if not freezable:
         return []
     gaps = [
         g
-        for g in group_names[: freezable[-1]]
-        if not matches(g, space.freeze)
-        and not any(fnmatchcase(g, p) and lr == 0 for p, lr in space.fixed.items())
+        for i, g in enumerate(group_names[: freezable[-1]])
+        if i not in freezable and fixed_rate(space, g) != 0
     ]
     if not gaps:
         return []

@@ -105,6 +105,16 @@ def test_prefix_mode_with_a_gap_names_the_group() -> None:
         SearchSpace(SpaceSection(freeze=("emb", "high"), freeze_mode="prefix"), GROUPS)
 
 
+def test_prefix_mode_counts_a_fixed_group_as_fixed_even_inside_a_freeze_glob() -> None:
+    # emb is fixed at a rate, so it trains in every trial: freezing low above it is no prefix.
+    space = SpaceSection(freeze=("e*", "low", "high"), freeze_mode="prefix", fixed={"emb": 1e-3})
+    with pytest.raises(SpecError, match=r"emb lies below 'high' and may not be frozen"):
+        SearchSpace(space, GROUPS)
+    at_zero = replace(space, fixed={"emb": 0.0})
+    params = {"freeze_depth": 1, "lr.high": 1e-3, "lr.head": 1e-2}
+    assert SearchSpace(at_zero, GROUPS).sample(FixedTrial(params)).frozen == ("emb", "low")
+
+
 def test_frozen_group_with_fixed_trial_needs_no_lr() -> None:
     space = SearchSpace(SpaceSection(freeze=("emb",)), GROUPS)
     # FixedTrial raises on a missing parameter: this also proves lr.emb is not asked for.
