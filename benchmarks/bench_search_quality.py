@@ -94,6 +94,7 @@ if str(_HERE) not in sys.path:
 import _common  # noqa: E402
 
 DEFAULT_OUT = _HERE / "results" / "search_quality.json"
+BENCHMARK = "per-group lr search vs one lr vs layer-wise decay (bench_search_quality.py)"
 STRATEGIES = ("per_group", "single_lr", "layer_decay")
 # per_group searched once more as a two-objective study (metric, training seconds): the Pareto
 # front of the issue's item 3, from which target (c) picks. Not one of STRATEGIES: a cost study
@@ -811,14 +812,25 @@ def _run(args: argparse.Namespace, *, start: float) -> int:
     finally:
         if tmp is not None:
             tmp.cleanup()
-    for task, record in tasks.items():
-        print_table(task, record)
     report = write_json(args, tasks, url, tmp is not None, start)
-    print_targets(report["targets"])
-    png = args.out.with_suffix(".png")
-    plot(tasks, png)
+    png = show(report, args.out)
     print(f"\nwrote {args.out} and {png} in {report['total_wall_s']:.0f} s")
     return 0
+
+
+def show(report: dict[str, Any], out: Path) -> Path:
+    """Print a report's tables and targets, and plot it beside ``out``; return the PNG's path."""
+    for task, record in report["tasks"].items():
+        print_table(task, record)
+    print_targets(report["targets"])
+    png = out.with_suffix(".png")
+    plot(report["tasks"], png)
+    return png
+
+
+def _write(report: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_clean(report), indent=2) + "\n", encoding="utf-8")
 
 
 def write_json(
@@ -832,7 +844,7 @@ def write_json(
     from lrsearch.storage import mask_url
 
     report = {
-        "benchmark": "per-group lr search vs one lr vs layer-wise decay (bench_search_quality.py)",
+        "benchmark": BENCHMARK,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "note": args.note,
         "machine": machine(args.device),
@@ -860,16 +872,16 @@ def write_json(
         "targets": targets(tasks),
         "total_wall_s": time.perf_counter() - start,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(_clean(report), indent=2) + "\n", encoding="utf-8")
+    _write(report, args.out)
     return report
 
 
 def merge(paths: list[Path], out: Path, *, note: str | None = None) -> int:
     """Join the tasks of several runs' JSON files into ``out`` and judge the targets over them.
 
-    Each run keeps its own date, note, machine, source and config under ``runs``; a task in two
-    files is refused (which one counts would be a guess), as is a file that is not this script's.
+    Each run keeps its own date, note, machine, source and config under ``merged_from``; a task
+    in two files is refused (which one counts would be a guess), as is a file that is not this
+    script's.
     """
     runs, tasks = [], {}
     for path in paths:
@@ -896,7 +908,7 @@ def merge(paths: list[Path], out: Path, *, note: str | None = None) -> int:
             | {"wall_s": data.get("total_wall_s")}
         )
     report = {
-        "benchmark": "per-group lr search vs one lr vs layer-wise decay (bench_search_quality.py)",
+        "benchmark": BENCHMARK,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "note": note,
         "merged_from": runs,
@@ -904,13 +916,8 @@ def merge(paths: list[Path], out: Path, *, note: str | None = None) -> int:
         "skipped": {t: r["skipped"] for t, r in tasks.items() if "skipped" in r},
         "targets": targets(tasks),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_clean(report), indent=2) + "\n", encoding="utf-8")
-    for task, record in tasks.items():
-        print_table(task, record)
-    print_targets(report["targets"])
-    png = out.with_suffix(".png")
-    plot(tasks, png)
+    _write(report, out)
+    png = show(report, out)
     print(f"\nwrote {out} and {png} from {len(paths)} file(s)")
     return 0
 
