@@ -79,7 +79,7 @@ from lrsearch.space import Sample  # noqa: E402
 from lrsearch.spec import StudySpec, TrainSection  # noqa: E402
 from lrsearch.storage import mask_url, open_storage  # noqa: E402
 from lrsearch.tasks import TensorClassificationTask  # noqa: E402
-from lrsearch.trainer import TrainResult  # noqa: E402
+from lrsearch.training import TrainResult  # noqa: E402
 
 TARGET = 1.05
 SIDES = ("raw", "engine")

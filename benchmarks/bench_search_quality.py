@@ -28,7 +28,7 @@ training seconds during the search (a config that freezes groups trains faster; 
 this is ``lrsearch best --within 0.005`` on its front). Each winner is retrained with ``--seeds``
 fresh seeds (``lrsearch.verify.verify_seeds``: seeds no trial of the search used; the same seeds for
 every winner, and winners interleaved per seed so that load from elsewhere falls on all alike),
-with ``lrsearch.trainer.train_trial`` on the task built with the same kwargs and
+with ``lrsearch.training.train_trial`` on the task built with the same kwargs and
 ``eval_split="test"``: the held-out test split no search has seen. Per seed: test accuracy and
 training seconds (``TrainResult.seconds``: model build, training and one evaluation at the end;
 with ``[train] prefix_cache`` the first seed of a frozen prefix fills the cache, later seeds read
@@ -223,7 +223,7 @@ def run_strategy(
     """Search one strategy; return its record (every trial, best so far) and the seeds it used."""
     from lrsearch.analysis import load_trials
     from lrsearch.search import run_search
-    from lrsearch.trainer import train_trial
+    from lrsearch.training import train_trial
 
     train_seconds: list[float] = []
 
@@ -355,7 +355,7 @@ def retrain(
     from lrsearch.errors import TrialFailure
     from lrsearch.search import prepare
     from lrsearch.space import Sample
-    from lrsearch.trainer import steps_per_epoch, train_trial
+    from lrsearch.training import steps_per_epoch, train_trial
 
     prepared = {}
     for strategy in {s for s, _ in winners.values()}:
@@ -502,7 +502,7 @@ def warm_up(spec: Any, *, device: str) -> None:
     """
     from lrsearch.search import prepare
     from lrsearch.space import Sample
-    from lrsearch.trainer import train_trial
+    from lrsearch.training import train_trial
 
     p = prepare(spec, device=device)
     one_step = dataclasses.replace(spec.train, max_steps=1, eval_every=0)
@@ -693,7 +693,7 @@ def plot(tasks: dict[str, dict[str, Any]], path: Path) -> None:
 def machine(device: str) -> dict[str, Any]:
     import torch
 
-    from lrsearch.trainer import resolve_device
+    from lrsearch.training import resolve_device
 
     resolved = resolve_device(device)
     info = _common.machine()

@@ -17,7 +17,7 @@ network frozen), trial ``i`` with seed ``i`` as a search would, on the same task
 - **cache**: ``prefix_cache = true``. The first trial computes the prefix's outputs for every
   example (reported apart, as ``first_trial_seconds``); the others (and the first sample once more,
   to show a hit gives what the miss gave) read them. Its figures are the warm trials'.
-- **batched_k4**, **batched_k8**: ``lrsearch.batched.train_batched``, K trials in one vmapped step;
+- **batched_k4**, **batched_k8**: ``lrsearch.training.train_batched``, K trials in one vmapped step;
   where ``can_batch`` or the first step refuses, the reason is recorded instead of a number.
 
 What the values should show: ``plain`` and ``freeze_aware`` train the same (same dropout draws);
@@ -66,13 +66,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrsearch import prefix
-from lrsearch.batched import BatchingUnsupported, can_batch, train_batched
+from lrsearch import training
 from lrsearch.groups import LayerGroups, resolve_groups
 from lrsearch.space import Sample
 from lrsearch.spec import TrainSection
 from lrsearch.tasks import Batch, Task
-from lrsearch.trainer import TrainResult, resolve_device, steps_per_epoch, train_trial
+from lrsearch.training import (
+    BatchingUnsupported,
+    TrainResult,
+    can_batch,
+    prefix,
+    resolve_device,
+    steps_per_epoch,
+    train_batched,
+    train_trial,
+)
 
 _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
@@ -292,7 +300,7 @@ def one_at_a_time(
     run_task: Task = Plain(task) if mode in ("plain", "naive") else task
     if mode == "naive":
         todo = [naive(s) for s in todo]
-    prefix.clear_cache()
+    training.clear_cache()
     order = list(range(len(todo))) + ([0] if mode == "cache" else [])
     walls, cpus, values, results = [], [], [], []
     meter = Meter(device)
@@ -308,7 +316,7 @@ def one_at_a_time(
         results.append(result)
     out: dict[str, Any] = {}
     if mode == "cache":
-        info = prefix.cache_info()
+        info = training.cache_info()
         out["first_trial_seconds"] = round(walls[0], 4)
         out["first_trial_cpu_seconds"] = round(cpus[0], 4)
         out["cache"] = {
@@ -328,7 +336,7 @@ def one_at_a_time(
     out["prefix_cached"] = results[0].prefix_cached
     if meter.peak_mb is not None:
         out["peak_gpu_memory_mb"] = round(meter.peak_mb, 1)
-    prefix.clear_cache()
+    training.clear_cache()
     return out
 
 

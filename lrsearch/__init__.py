@@ -35,8 +35,8 @@ _EXPORTS = {
     "Task": "tasks",
     "TensorClassificationTask": "tasks",
     "load_task": "tasks",
-    "TrainResult": "trainer",
-    "train_trial": "trainer",
+    "TrainResult": "training",
+    "train_trial": "training",
     "mask_url": "storage",
     "open_storage": "storage",
     "SearchSummary": "search",
@@ -121,5 +121,5 @@ if TYPE_CHECKING:
     from lrsearch.spec import StudySpec, load_spec
     from lrsearch.storage import mask_url, open_storage
     from lrsearch.tasks import Task, TensorClassificationTask, load_task
-    from lrsearch.trainer import TrainResult, train_trial
+    from lrsearch.training import TrainResult, train_trial
     from lrsearch.verify import verify_trial

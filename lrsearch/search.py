@@ -47,9 +47,9 @@ storage write, a sweep) the worker stops at its next step, so a write is never c
 
 **Batches.** With ``[train] batch_trials = K`` above 1 a worker asks up to K trials at once (one at
 a time while the budget rule lets it start another), keeps them all alive with heartbeats and trains
-them together (:func:`lrsearch.batched.train_batched`); each trial still has its own seed, reports,
-pruning and fate (:func:`_finish`). Trials that cannot stack are trained one at a time, the reason
-logged once. An interrupt interrupts every trial of the batch not yet finished.
+them together (``Trainer.train_many``, :mod:`lrsearch.training.stacked`); each trial still has its
+own seed, reports, pruning and fate (:func:`_finish`). Trials that cannot stack are trained one at
+a time, the reason logged once. An interrupt interrupts every trial of the batch not yet finished.
 """
 
 from __future__ import annotations
@@ -77,7 +77,6 @@ try:  # private but stable since Optuna 3; the dependency is pinned below 6
 except ImportError:  # pragma: no cover
     _tell_with_warning = None  # type: ignore[assignment]
 
-from lrsearch.batched import BatchingUnsupported, train_batched
 from lrsearch.errors import LrsearchError, TaskError, TrialFailure
 from lrsearch.groups import LayerGroups, resolve_groups
 from lrsearch.pick import metric, rank
@@ -104,7 +103,15 @@ from lrsearch.storage import (  # the attribute names are re-exported: they were
     trial_lrs,
 )
 from lrsearch.tasks import Task, load_task
-from lrsearch.trainer import Report, TrainResult, resolve_device, resolve_precision, train_trial
+from lrsearch.training import (
+    DEFAULT,
+    BatchingUnsupported,
+    Report,
+    TrainerLike,
+    TrainResult,
+    resolve_device,
+    resolve_precision,
+)
 
 __all__ = [
     "FINISHED",
@@ -353,7 +360,8 @@ def run_search(
     timeout: float | None = None,
     device: str | None = None,
     on_trial: OnTrial | None = None,
-    train_fn: TrainFn = train_trial,
+    train_fn: TrainFn | None = None,
+    trainer: TrainerLike | None = None,
 ) -> SearchSummary:
     """Run (or resume) a study until it has ``n_trials`` finished trials or ``timeout`` passes.
 
@@ -365,9 +373,11 @@ def run_search(
         timeout: Seconds after which no new trial starts; overrides ``[study] timeout``.
         device: ``auto`` (default), ``cpu``, ``cuda``, ``cuda:N``.
         on_trial: Called after every trial (a progress bar hangs here).
-        train_fn: The trainer (``train_trial``'s signature); replaceable for benchmarks. Batched
-            trials (``[train] batch_trials``) train with ``train_batched``, and with it when they
-            cannot stack.
+        train_fn: Trains one trial in place of ``trainer.train_one`` (``train_trial``'s
+            signature); replaceable for tests and benchmarks. Batched trials (``[train]
+            batch_trials``) still stack with ``trainer.train_many``, and use it when they cannot.
+        trainer: Trains the trials (default: ``lrsearch.training.DEFAULT``, whose prefix cache
+            the process's searches share).
 
     Returns:
         What this run did; ``interrupted`` is set when Ctrl-C or SIGTERM stopped it.
@@ -390,7 +400,7 @@ def run_search(
         device=resolve_device(device),
         budget=n_trials if n_trials is not None else spec.study.n_trials,
         limit=timeout if timeout is not None else spec.study.timeout,
-        train_fn=train_fn,
+        trainer=_trainer(trainer, train_fn),
         on_trial=on_trial,
         requeue_interrupted=False,
     )
@@ -404,7 +414,8 @@ def run_worker(
     n_trials: int | None = None,
     device: str | None = None,
     on_trial: OnTrial | None = None,
-    train_fn: TrainFn = train_trial,
+    train_fn: TrainFn | None = None,
+    trainer: TrainerLike | None = None,
 ) -> SearchSummary:
     """Join an existing study and run its trials until its budget is met, with its stored spec.
 
@@ -419,9 +430,11 @@ def run_worker(
         n_trials: The study's total budget; default the stored ``[study] n_trials``.
         device: ``auto`` (default), ``cpu``, ``cuda``, ``cuda:N``.
         on_trial: Called after every trial this worker finishes.
-        train_fn: The trainer (``train_trial``'s signature); replaceable for benchmarks. Batched
-            trials (``[train] batch_trials``) train with ``train_batched``, and with it when they
-            cannot stack.
+        train_fn: Trains one trial in place of ``trainer.train_one`` (``train_trial``'s
+            signature); replaceable for tests and benchmarks. Batched trials (``[train]
+            batch_trials``) still stack with ``trainer.train_many``, and use it when they cannot.
+        trainer: Trains the trials (default: ``lrsearch.training.DEFAULT``, whose prefix cache
+            the process's searches share).
 
     Returns:
         What this worker did; ``interrupted`` is set when a signal stopped it.
@@ -446,7 +459,7 @@ def run_worker(
         device=resolve_device(device),
         budget=n_trials if n_trials is not None else spec.study.n_trials,
         limit=spec.study.timeout,
-        train_fn=train_fn,
+        trainer=_trainer(trainer, train_fn),
         on_trial=on_trial,
         requeue_interrupted=True,
     )
@@ -463,7 +476,7 @@ class _Loop:
     device: Any
     budget: int
     limit: float | None
-    train_fn: TrainFn
+    trainer: TrainerLike
     on_trial: OnTrial | None
     requeue_interrupted: bool
     # Why a batch first fell back to one trial at a time (then logged as a warning), if one did.
@@ -477,6 +490,19 @@ class _Loop:
     def two_objectives(self) -> bool:
         """``[study] cost``: metric and cost are told, and Optuna takes no reports."""
         return len(self.study.directions) > 1
+
+
+class _OneByFunction:
+    """A trainer whose ``train_one`` is a given function; ``train_many`` is the base trainer's."""
+
+    def __init__(self, train_fn: TrainFn, base: TrainerLike) -> None:
+        self.train_one = train_fn
+        self.train_many = base.train_many
+
+
+def _trainer(trainer: TrainerLike | None, train_fn: TrainFn | None) -> TrainerLike:
+    base = trainer if trainer is not None else DEFAULT
+    return base if train_fn is None else _OneByFunction(train_fn, base)
 
 
 def _summary(loop: _Loop, name: str, url: str, *, resumed: bool) -> SearchSummary:
@@ -894,7 +920,7 @@ def _train_one(
             slot.sample = _sample(loop, slot.trial)
         report = _reporter(loop, stop, slot)
         with stop.training():
-            result = loop.train_fn(
+            result = loop.trainer.train_one(
                 prepared.task,
                 prepared.groups,
                 slot.sample,
@@ -1017,7 +1043,7 @@ def _train_batch(
             ready = []
         if ready:
             with stop.training():
-                trained = train_batched(
+                trained = loop.trainer.train_many(
                     prepared.task,
                     prepared.groups,
                     samples,

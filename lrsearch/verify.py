@@ -35,7 +35,7 @@ from lrsearch.pick import metric, numbered, rank
 from lrsearch.storage import load_study, stored_spec, trial_info
 
 if TYPE_CHECKING:
-    from lrsearch.trainer import TrainResult
+    from lrsearch.training import TrainResult
 
 ATTR_PREFIX = "lrsearch.verify."
 SCHEMA = "lrsearch/verify/v1"
@@ -248,7 +248,7 @@ def _reference(
 def _prepare(spec: Any, device: str | None, train_fn: Callable[..., TrainResult] | None) -> Any:
     """The task, groups and trainer, built once (torch is imported here, not at import time)."""
     from lrsearch.search import prepare
-    from lrsearch.trainer import train_trial
+    from lrsearch.training import train_trial
 
     return prepare(spec, device=device), train_fn or train_trial
 

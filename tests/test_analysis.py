@@ -42,7 +42,7 @@ from lrsearch.search import run_search
 from lrsearch.space import Sample
 from lrsearch.spec import StudySpec
 from lrsearch.storage import open_storage, trial_lrs
-from lrsearch.trainer import TrainResult
+from lrsearch.training import TrainResult
 
 SpecBuilder = Callable[..., StudySpec]
 GROUPS = ["embed", "body", "head"]

@@ -30,7 +30,7 @@ from lrsearch.errors import TrialFailure
 from lrsearch.search import run_search
 from lrsearch.spec import StudySpec
 from lrsearch.storage import open_storage
-from lrsearch.trainer import TrainResult
+from lrsearch.training import TrainResult
 
 KEPT_TRIALS = 3
 FAILED_TRIAL = 1

@@ -12,15 +12,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrsearch import batched
-from lrsearch.batched import BatchingUnsupported, can_batch, train_batched
 from lrsearch.errors import LrsearchError, TrialFailure
 from lrsearch.groups import LayerGroups, resolve_groups
 from lrsearch.space import Sample
 from lrsearch.spec import TrainSection
 from lrsearch.tasks import TensorClassificationTask
 from lrsearch.tasks.digits import digits_transfer
-from lrsearch.trainer import TrainResult, train_trial
+from lrsearch.training import (
+    BatchingUnsupported,
+    TrainResult,
+    can_batch,
+    train_batched,
+    train_trial,
+)
+from lrsearch.training.stacked_optim import StackedOptimizer
 
 TOL = {"rtol": 1e-4, "atol": 1e-5}
 CFG = TrainSection(
@@ -309,7 +314,7 @@ def test_stacked_optimizer_matches_torch(optimizer: str) -> None:
         for c, lr, wd in zip(copies, lrs, decays, strict=True)
     ]
     stacked.requires_grad_()
-    mine = batched._StackedOptimizer(
+    mine = StackedOptimizer(
         optimizer,
         {"w": stacked},
         {"w": torch.tensor(lrs)},

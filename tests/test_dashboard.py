@@ -17,7 +17,7 @@ from conftest import snapshot_trials
 from lrsearch.errors import TrialFailure
 from lrsearch.search import OUTCOME_ATTR, TRIAL_ATTR, run_search
 from lrsearch.storage import GROUPS_ATTR, SPEC_ATTR, open_storage, trial_lrs
-from lrsearch.trainer import TrainResult
+from lrsearch.training import TrainResult
 from lrsearch.verify import verify_attr, verify_trial
 
 optuna_dashboard = pytest.importorskip(

@@ -23,7 +23,7 @@ from lrsearch.search import run_search
 from lrsearch.spec import StudySpec
 from lrsearch.storage import open_storage, trial_lrs
 from lrsearch.tasks import TensorClassificationTask, load_task
-from lrsearch.trainer import TrainResult, train_trial
+from lrsearch.training import TrainResult, train_trial
 
 # pytest imports this file as a top-level module (tests/ is on sys.path), so a study can name the
 # factory below; __name__ keeps that true however the file is imported.

@@ -28,7 +28,7 @@ from lrsearch.search import run_search
 from lrsearch.spec import StudySpec, load_spec
 from lrsearch.storage import open_storage
 from lrsearch.tasks import TensorClassificationTask, load_task
-from lrsearch.trainer import schedule_factor
+from lrsearch.training import schedule_factor
 
 ROOT = Path(__file__).resolve().parent.parent
 # Where the examples live: the README; the draft only until the README holds them.

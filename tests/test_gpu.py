@@ -20,7 +20,7 @@ from lrsearch.groups import LayerGroups, resolve_groups
 from lrsearch.space import Sample
 from lrsearch.spec import TrainSection
 from lrsearch.tasks import TensorClassificationTask
-from lrsearch.trainer import resolve_precision, train_trial
+from lrsearch.training import resolve_precision, train_trial
 
 pytestmark = [
     pytest.mark.gpu,

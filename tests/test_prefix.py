@@ -13,14 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from lrsearch import prefix
+from lrsearch import training
 from lrsearch.errors import SpecError, TaskError, TrialFailure
 from lrsearch.groups import LayerGroups, resolve_groups
 from lrsearch.space import Sample
 from lrsearch.spec import StudySpec, TrainSection
 from lrsearch.tasks import Batch, StagedTask, TensorClassificationTask
 from lrsearch.tasks.digits import digits_transfer
-from lrsearch.trainer import TrainResult, train_trial
+from lrsearch.training import TrainResult, prefix, train_trial
 
 SMALL = {"n_train": 64, "n_val": 64, "hidden": 32, "pretrain_epochs": 3}
 STAGES = ("stem", "body.0", "body.1", "head")
@@ -57,9 +57,9 @@ def digits(**changes: Any) -> Recording:
 
 @pytest.fixture(autouse=True)
 def _empty_cache() -> Iterator[None]:
-    prefix.clear_cache()
+    training.clear_cache()
     yield
-    prefix.clear_cache()
+    training.clear_cache()
 
 
 def groups_of(task: TensorClassificationTask) -> LayerGroups:
@@ -170,16 +170,16 @@ def test_a_cached_trial_runs_no_prefix_after_the_first() -> None:
 def test_the_cache_is_hit_by_the_same_prefix_and_missed_by_anything_else() -> None:
     task = digits()
     run(task, rates(2), prefix_cache=True)
-    assert prefix.cache_info().misses == 1
+    assert training.cache_info().misses == 1
     # Other trained rates, another seed (so another data order), another task object: a hit.
     run(digits(), rates(2, lr=1e-2), seed=5, prefix_cache=True)
-    assert (prefix.cache_info().hits, prefix.cache_info().misses) == (1, 1)
+    assert (training.cache_info().hits, training.cache_info().misses) == (1, 1)
     run(task, rates(1), prefix_cache=True)  # another prefix
     run(digits(noise=0.3), rates(2), prefix_cache=True)  # other data
     run(digits(n_train=60), rates(2), prefix_cache=True)  # other examples
     run(digits(pretrain_epochs=4), rates(2), prefix_cache=True)  # other weights, same data
     run(task, rates(2), prefix_cache=True)
-    info = prefix.cache_info()
+    info = training.cache_info()
     assert (info.hits, info.misses, info.entries) == (2, 5, 5)
 
 
@@ -195,10 +195,10 @@ def test_a_task_without_a_fingerprint_is_keyed_by_the_object() -> None:
     run(one, rates(2), prefix_cache=True)
     run(one, rates(2), seed=1, prefix_cache=True)
     run(two, rates(2), prefix_cache=True)  # same data, but nothing says so
-    assert (prefix.cache_info().hits, prefix.cache_info().misses) == (1, 2)
+    assert (training.cache_info().hits, training.cache_info().misses) == (1, 2)
     del one
     gc.collect()
-    assert prefix.cache_info().entries == 1  # the dead task's entry went with it
+    assert training.cache_info().entries == 1  # the dead task's entry went with it
 
 
 # --- size, rules, disk ------------------------------------------------------------------------
@@ -229,7 +229,7 @@ def test_outputs_over_the_limit_are_not_cached_and_said_once(
     plain = _train_top(replace(task, stage_paths=()), seed=1)
     assert [r.prefix_cached for r in cached] == [False, False]
     assert cached[1].value == pytest.approx(plain.value, abs=1e-6)
-    assert prefix.cache_info().entries == 0
+    assert training.cache_info().entries == 0
     said = [r.getMessage() for r in caplog.records if "cache_mb = 1" in r.getMessage()]
     assert len(said) == 1 and "not cached" in said[0]
     assert _train_top(task, prefix_cache=True, cache_mb=2).prefix_cached  # a larger limit: tried
@@ -239,16 +239,16 @@ def test_the_least_recently_used_entry_makes_room() -> None:
     one, two = _wide(2048, seed=0), _wide(2048, seed=1)  # 0.7 MiB each, other weights
     for task in (one, two, one):
         assert _train_top(task, prefix_cache=True, cache_mb=1).prefix_cached
-        assert prefix.cache_info().entries == 1
-    assert prefix.cache_info().nbytes <= 2**20
-    assert (prefix.cache_info().hits, prefix.cache_info().misses) == (0, 3)
+        assert training.cache_info().entries == 1
+    assert training.cache_info().nbytes <= 2**20
+    assert (training.cache_info().hits, training.cache_info().misses) == (0, 3)
 
 
 def test_augmented_batches_are_not_cached_but_still_run_freeze_aware() -> None:
     task = replace(digits(), deterministic_batches=False)
     result = run(task, rates(2), prefix_cache=True)
     assert (result.frozen_prefix, result.prefix_cached) == (2, False)
-    assert prefix.cache_info().entries == 0
+    assert training.cache_info().entries == 0
 
 
 def _dropout_model() -> nn.Module:
@@ -311,12 +311,12 @@ def test_a_prefix_batchnorm_that_follows_the_data_blocks_the_cache() -> None:
 def test_the_disk_cache_outlives_the_memory_one(tmp_path: Path) -> None:
     first = run(digits(), rates(2), prefix_cache=True, cache_dir=str(tmp_path))
     assert len(list(tmp_path.glob("prefix-*.pt"))) == 1
-    prefix.clear_cache()
+    training.clear_cache()
     again = run(digits(), rates(2), prefix_cache=True, cache_dir=str(tmp_path))
-    assert (prefix.cache_info().hits, prefix.cache_info().misses) == (1, 0)
+    assert (training.cache_info().hits, training.cache_info().misses) == (1, 0)
     assert again.value == first.value
     (next(tmp_path.glob("prefix-*.pt"))).write_bytes(b"not a torch file")
-    prefix.clear_cache()
+    training.clear_cache()
     assert run(digits(), rates(2), prefix_cache=True, cache_dir=str(tmp_path)).value == first.value
 
 
@@ -370,7 +370,7 @@ def test_a_task_without_stages_trains_as_before(task_fn: Any) -> None:
     off = train_trial(task, groups, sample, cfg(), seed=2)
     assert (on.frozen_prefix, on.prefix_cached) == (0, False)
     assert on.value == off.value
-    assert prefix.cache_info().misses == 0
+    assert training.cache_info().misses == 0
 
 
 # --- [train] keys -------------------------------------------------------------------------------
@@ -418,7 +418,7 @@ def test_bad_train_keys_of_the_prefix_cache(train: dict[str, Any], message: str)
 
 def test_an_out_of_memory_trial_empties_the_cache_it_would_need_the_memory_of() -> None:
     run(digits(), rates(2), prefix_cache=True)
-    assert prefix.cache_info().entries == 1
+    assert training.cache_info().entries == 1
 
     class Starving(Recording):
         def loss(self, model: Any, batch: Batch) -> Any:
@@ -429,4 +429,4 @@ def test_an_out_of_memory_trial_empties_the_cache_it_would_need_the_memory_of() 
     with pytest.raises(TrialFailure, match="the prefix cache was emptied") as info:
         run(starving, rates(2), prefix_cache=True)
     assert "9.00 GiB" in info.value.reason
-    assert prefix.cache_info().entries == 0
+    assert training.cache_info().entries == 0

@@ -29,7 +29,7 @@ from lrsearch.report import FIGURES, ReportData, collect, make_figures, write_re
 from lrsearch.search import run_search
 from lrsearch.space import Sample
 from lrsearch.spec import StudySpec
-from lrsearch.trainer import TrainResult
+from lrsearch.training import TrainResult
 
 GROUPS = ["embed", "body", "head"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -32,7 +32,7 @@ from lrsearch.space import Sample
 from lrsearch.spec import StudySpec, TrainSection
 from lrsearch.storage import create_or_resume, open_storage, trial_lrs
 from lrsearch.tasks import Task
-from lrsearch.trainer import TrainResult
+from lrsearch.training import TrainResult
 
 SpecBuilder = Callable[..., StudySpec]
 MEDIAN = {"kind": "median", "n_startup_trials": 1, "n_warmup_steps": 0}

@@ -21,12 +21,12 @@ from optuna.trial import TrialState
 from torch import nn
 
 import lrsearch.search as search
-from lrsearch.batched import train_batched
 from lrsearch.errors import LrsearchError, SpecError, TaskError
 from lrsearch.search import OUTCOME_ATTR, REASON_ATTR, create_study, run_search, run_worker
 from lrsearch.spec import StudySpec
 from lrsearch.storage import open_storage, trial_lrs
 from lrsearch.tasks import TensorClassificationTask
+from lrsearch.training import Trainer
 
 SpecBuilder = Callable[..., StudySpec]
 GOOD = {"lr.embed": 0.05, "lr.body": 0.05, "lr.head": 0.05}
@@ -85,30 +85,31 @@ def _record(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[Any, ...]]:
     ]
 
 
-class _Spy:
-    """``train_batched`` that records how many trials each call got, and may wrap their reports."""
+class _Spy(Trainer):
+    """A trainer that records how many trials each ``train_many`` got, and may wrap their
+    reports."""
 
     def __init__(self, wrap: Callable[[int, Any], Any] | None = None) -> None:
+        super().__init__()
         self.sizes: list[int] = []
         self.wrap = wrap
 
-    def __call__(self, *args: Any, reports: list[Any], **kwargs: Any) -> Any:
+    def train_many(self, *args: Any, reports: Any, **kwargs: Any) -> Any:
         self.sizes.append(len(reports))
         if self.wrap is not None:
             reports = [self.wrap(i, r) for i, r in enumerate(reports)]
-        return train_batched(*args, reports=reports, **kwargs)
+        return super().train_many(*args, reports=reports, **kwargs)
 
 
 def test_batched_trials_equal_one_at_a_time_within_the_budget(
     storage_url: str, new_name: Callable[[], str], toy_spec: SpecBuilder, monkeypatch: Any
 ) -> None:
     spy = _Spy()
-    monkeypatch.setattr(search, "train_batched", spy)
     runs = {}
     for k in (1, 3):
         name = new_name()
         summary = run_search(
-            _spec(toy_spec, name, k), storage=storage_url, n_trials=7, device="cpu"
+            _spec(toy_spec, name, k), storage=storage_url, n_trials=7, device="cpu", trainer=spy
         )
         assert [o.number for o in summary.outcomes] == list(range(7))
         runs[k] = _study(storage_url, name).get_trials()
@@ -127,11 +128,10 @@ def test_a_worker_asks_no_more_than_the_budget_leaves(
     sqlite_url: str, study_name: str, toy_spec: SpecBuilder, monkeypatch: Any
 ) -> None:
     spy = _Spy()
-    monkeypatch.setattr(search, "train_batched", spy)
     spec = _spec(toy_spec, study_name, 4)
     create_study(spec, storage=sqlite_url)
-    run_search(spec, storage=sqlite_url, n_trials=2, device="cpu")
-    summary = run_worker(sqlite_url, study_name, n_trials=5, device="cpu")
+    run_search(spec, storage=sqlite_url, n_trials=2, device="cpu", trainer=spy)
+    summary = run_worker(sqlite_url, study_name, n_trials=5, device="cpu", trainer=spy)
     assert spy.sizes == [2, 3]
     assert (summary.already_finished, len(summary.outcomes)) == (2, 3)
     assert [t.state for t in _study(sqlite_url, study_name).get_trials()] == [
@@ -220,17 +220,17 @@ def _interrupt_slot(at_slot: int, at_step: int) -> Callable[[int, Any], Any]:
 def test_ctrl_c_in_a_batch_interrupts_every_trial_of_it(
     storage_url: str, study_name: str, toy_spec: SpecBuilder, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(search, "train_batched", _Spy(_interrupt_slot(1, 2)))
     spec = _spec(toy_spec, study_name, 3)
-    summary = run_search(spec, storage=storage_url, n_trials=6, device="cpu")
+    summary = run_search(
+        spec, storage=storage_url, n_trials=6, device="cpu", trainer=_Spy(_interrupt_slot(1, 2))
+    )
     assert summary.interrupted
     assert [o.outcome for o in summary.outcomes] == ["interrupted"] * 3
     trials = _study(storage_url, study_name).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL] * 3  # nothing left RUNNING
     assert all(t.user_attrs[OUTCOME_ATTR] == "interrupted" for t in trials)
 
-    monkeypatch.setattr(search, "train_batched", train_batched)
-    resumed = run_search(spec, storage=storage_url, n_trials=6, device="cpu")
+    resumed = run_search(spec, storage=storage_url, n_trials=6, device="cpu", trainer=Trainer())
     assert resumed.already_finished == 0  # interrupted trials do not count
     assert resumed.count("complete") == 6
 
@@ -238,9 +238,10 @@ def test_ctrl_c_in_a_batch_interrupts_every_trial_of_it(
 def test_a_worker_queues_an_interrupted_batch_again(
     sqlite_url: str, study_name: str, toy_spec: SpecBuilder, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(search, "train_batched", _Spy(_interrupt_slot(0, 1)))
     create_study(_spec(toy_spec, study_name, 3), storage=sqlite_url)
-    summary = run_worker(sqlite_url, study_name, n_trials=6, device="cpu")
+    summary = run_worker(
+        sqlite_url, study_name, n_trials=6, device="cpu", trainer=_Spy(_interrupt_slot(0, 1))
+    )
     assert summary.interrupted and summary.count("interrupted") == 3
     trials = _study(sqlite_url, study_name).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL] * 3 + [TrialState.WAITING] * 3
@@ -262,9 +263,12 @@ def test_a_slot_lost_to_another_workers_sweep_is_dropped_alone(
 
         return sweeping
 
-    monkeypatch.setattr(search, "train_batched", _Spy(wrap))
     summary = run_search(
-        _spec(toy_spec, study_name, 3), storage=storage_url, n_trials=3, device="cpu"
+        _spec(toy_spec, study_name, 3),
+        storage=storage_url,
+        n_trials=3,
+        device="cpu",
+        trainer=_Spy(wrap),
     )
     assert [o.outcome for o in summary.outcomes] == ["complete", "lost", "complete"]
     states = [t.state for t in _study(storage_url, study_name).get_trials()]
@@ -332,9 +336,15 @@ def test_an_error_while_sampling_trains_none_of_the_batch(
         return sample(loop, trial)
 
     monkeypatch.setattr(search, "_sample", failing)
-    monkeypatch.setattr(search, "train_batched", spy := _Spy())
+    spy = _Spy()
     with pytest.raises(LrsearchError, match="refused"):
-        run_search(_spec(toy_spec, study_name, 3), storage=sqlite_url, n_trials=6, device="cpu")
+        run_search(
+            _spec(toy_spec, study_name, 3),
+            storage=sqlite_url,
+            n_trials=6,
+            device="cpu",
+            trainer=spy,
+        )
     assert spy.sizes == []
     trials = _study(sqlite_url, study_name).get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL] * 3  # nothing left RUNNING

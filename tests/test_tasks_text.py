@@ -272,13 +272,13 @@ def test_train_width_split_gives_every_training_batch_one_shape() -> None:
 @pytest.fixture
 def empty_cache(one_torch_thread: None) -> Iterator[None]:
     """An empty prefix cache, emptied again after (the trials train on one torch thread)."""
-    from lrsearch import prefix
+    from lrsearch import training
 
-    prefix.clear_cache()
+    training.clear_cache()
     try:
         yield
     finally:
-        prefix.clear_cache()
+        training.clear_cache()
 
 
 @pytest.mark.usefixtures("empty_cache")
@@ -286,10 +286,10 @@ def test_the_prefix_cache_gives_the_same_value_and_is_hit_by_the_second_trial(
     task: text.TextClassificationTask, model: torch.nn.Module
 ) -> None:
     """With prefix_cache on, the prefix runs in eval mode (no dropout) whether cached or not."""
-    from lrsearch import prefix
+    from lrsearch import training
     from lrsearch.space import Sample
     from lrsearch.spec import TrainSection
-    from lrsearch.trainer import train_trial
+    from lrsearch.training import train_trial
 
     spec = load_spec(STUDIES / "minilm_per_group.toml")
     groups = resolve_groups(model, spec.groups.patterns)
@@ -298,9 +298,9 @@ def test_the_prefix_cache_gives_the_same_value_and_is_hit_by_the_second_trial(
     sample = Sample({**lrs, "head": 1e-2})
     cfg = TrainSection(batch_size=16, max_steps=3, eval_batch_size=16, prefix_cache=True)
     miss = train_trial(task, groups, sample, cfg, device="cpu", seed=0)
-    assert prefix.cache_info().misses == 1 and prefix.cache_info().hits == 0
+    assert training.cache_info().misses == 1 and training.cache_info().hits == 0
     hit = train_trial(task, groups, sample, cfg, device="cpu", seed=0)
-    assert prefix.cache_info().hits == 1
+    assert training.cache_info().hits == 1
     assert miss.frozen_prefix == hit.frozen_prefix == 5
     assert miss.prefix_cached and hit.prefix_cached
     assert hit.value == pytest.approx(miss.value, abs=1e-6)
@@ -309,10 +309,10 @@ def test_the_prefix_cache_gives_the_same_value_and_is_hit_by_the_second_trial(
 @pytest.mark.usefixtures("empty_cache")
 def test_the_prefix_cache_holds_pooled_states_when_only_the_head_trains() -> None:
     """Every encoder stage frozen: one pooled row per review, from batches of several widths."""
-    from lrsearch import prefix
+    from lrsearch import training
     from lrsearch.space import Sample
     from lrsearch.spec import TrainSection
-    from lrsearch.trainer import train_trial
+    from lrsearch.training import train_trial
 
     # At 64 tokens reviews differ in length, so batches of 8 are cut to different widths.
     wide = rotten_tomatoes_minilm(n_train=32, n_val=24, n_test=8, seq_len=64)
@@ -324,7 +324,7 @@ def test_the_prefix_cache_holds_pooled_states_when_only_the_head_trains() -> Non
     cfg = TrainSection(batch_size=8, max_steps=3, eval_batch_size=8, prefix_cache=True)
     miss = train_trial(wide, groups, sample, cfg, device="cpu", seed=0)
     hit = train_trial(wide, groups, sample, cfg, device="cpu", seed=0)
-    assert prefix.cache_info().misses == 1 and prefix.cache_info().hits == 1
+    assert training.cache_info().misses == 1 and training.cache_info().hits == 1
     assert miss.frozen_prefix == hit.frozen_prefix == 7  # embeddings and the six layers
     assert miss.prefix_cached and hit.prefix_cached
     assert hit.value == pytest.approx(miss.value, abs=1e-6)
@@ -334,10 +334,9 @@ def test_the_model_is_bert_s_own_forward_and_runs_under_vmap(
     task: text.TextClassificationTask, model: torch.nn.Module
 ) -> None:
     """The forward applies the encoder's modules by hand: as BertModel does, and vmap-able."""
-    from lrsearch.batched import train_batched
     from lrsearch.space import Sample
     from lrsearch.spec import TrainSection
-    from lrsearch.trainer import TrainResult
+    from lrsearch.training import TrainResult, train_batched
 
     model.eval()
     batch = task.val_batches(8)[-1]

@@ -33,7 +33,7 @@ from lrsearch.tasks.vision import (
     ImageClassificationTask,
     fashion_mnist_mobilenet,
 )
-from lrsearch.trainer import train_trial
+from lrsearch.training import train_trial
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 STUDY_FILES = ("mobilenet_per_group.toml", "mobilenet_single_lr.toml", "mobilenet_layer_decay.toml")
@@ -447,7 +447,7 @@ def test_the_prefix_cache_trains_as_plain_and_is_hit_by_the_second_trial(
     task: ImageClassificationTask,
 ) -> None:
     """The frozen prefix (stem..stage4) has no dropout: cached, uncached and plain agree."""
-    from lrsearch import prefix
+    from lrsearch import training
 
     groups = resolve_groups(MobileNetV2(10), STAGES)
     frozen = ("stem", "stage2", "stage3", "stage4")
@@ -460,16 +460,16 @@ def test_the_prefix_cache_trains_as_plain_and_is_hit_by_the_second_trial(
         cfg = TrainSection(batch_size=16, max_steps=3, eval_batch_size=32, prefix_cache=cache)
         return train_trial(t, groups, Sample(lrs), cfg, device="cpu", seed=0)
 
-    prefix.clear_cache()
+    training.clear_cache()
     try:
         base = run(plain, False)  # no stages: the whole model, as a task without the capability
         aware = run(task, False)
         miss = run(task, True)
-        assert (prefix.cache_info().misses, prefix.cache_info().hits) == (1, 0)
+        assert (training.cache_info().misses, training.cache_info().hits) == (1, 0)
         hit = run(task, True)
-        assert prefix.cache_info().hits == 1
+        assert training.cache_info().hits == 1
     finally:
-        prefix.clear_cache()
+        training.clear_cache()
     assert base.frozen_prefix == 0 and aware.frozen_prefix == miss.frozen_prefix == 14
     assert not aware.prefix_cached and miss.prefix_cached and hit.prefix_cached
     for result in (aware, miss, hit):

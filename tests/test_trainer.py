@@ -13,19 +13,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrsearch import trainer
 from lrsearch.errors import LrsearchError, TrialFailure
 from lrsearch.groups import LayerGroups, resolve_groups
 from lrsearch.space import Sample
 from lrsearch.spec import TrainSection
 from lrsearch.tasks import TensorClassificationTask
-from lrsearch.trainer import (
+from lrsearch.training import (
     resolve_device,
     resolve_precision,
     schedule_factor,
     steps_per_epoch,
     train_trial,
 )
+from lrsearch.training import single as trainer
 
 N_TRAIN = 64  # with BATCH 8: 8 steps per epoch
 BATCH = 8

@@ -23,7 +23,7 @@ from lrsearch.errors import LrsearchError, StudyNotFoundError, TrialFailure
 from lrsearch.search import run_search
 from lrsearch.spec import StudySpec, load_spec
 from lrsearch.storage import open_storage, trial_lrs
-from lrsearch.trainer import TrainResult
+from lrsearch.training import TrainResult
 from lrsearch.verify import (
     SCHEMA,
     SEED_BASE,

@@ -59,7 +59,7 @@ from lrsearch.storage import (
     resolve_url,
 )
 from lrsearch.tasks import Task
-from lrsearch.trainer import TrainResult
+from lrsearch.training import TrainResult
 
 SpecBuilder = Callable[..., StudySpec]
 # Generous: four processes importing torch at once on a loaded 2-core machine take a while.

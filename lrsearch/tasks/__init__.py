@@ -109,6 +109,55 @@ class StagedTask(Task, Protocol):
         ...
 
 
+@runtime_checkable
+class ScoredTask(Task, Protocol):
+    """Optional capability of a task: its metric is a sum over examples divided by their count.
+
+    ``score(model, batch)`` returns a tensor ``[sum, count]`` for one batch (for accuracy: the
+    correct predictions and the examples), computed on the batch's device; the metric over many
+    batches is the total of the sums over the total of the counts (0 when there are none), and
+    must equal ``evaluate``'s. The trainer then evaluates without waiting for the GPU after every
+    batch, and K stacked trials (``[train] batch_trials``) evaluate their copies together under
+    ``torch.func.vmap``: so ``score`` must be vmap-safe (no ``.item()``, ``int()`` or branches on
+    values).
+    """
+
+    def score(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """``[sum, count]`` of the metric over ``batch``'s examples, as a tensor."""
+        ...
+
+
+def scored(task: object) -> ScoredTask | None:
+    """``task`` when its ``score`` stands for its ``evaluate``, else ``None``.
+
+    A subclass that overrides ``evaluate`` below the class that defines ``score`` (a
+    ``TensorClassificationTask`` with a metric of its own) is scored by its ``evaluate``.
+    """
+    if not isinstance(task, ScoredTask):
+        return None
+    mro = type(task).__mro__
+    score_owner = next((c for c in mro if "score" in vars(c)), None)
+    eval_owner = next((c for c in mro if "evaluate" in vars(c)), None)
+    if score_owner is None or eval_owner is None:  # set on the instance: trust it
+        return task
+    return task if issubclass(score_owner, eval_owner) else None
+
+
+@runtime_checkable
+class AlignedTask(Task, Protocol):
+    """Optional capability of a task: batches of different shapes made one shape.
+
+    K stacked trials (``[train] batch_trials``) draw K batches a step, one per trial's data order,
+    and stack them. Where a task's batches vary in shape (text cut to its longest sequence),
+    ``align(batches)`` returns them padded to one shape, with no change to any result (padding
+    masked out).
+    """
+
+    def align(self, batches: Sequence[Batch]) -> list[Batch]:
+        """``batches`` padded to one shape, in order."""
+        ...
+
+
 @dataclass
 class TensorClassificationTask:
     """A classification task over in-memory tensors, scored by accuracy.
@@ -160,6 +209,11 @@ class TensorClassificationTask:
             correct += int((model(x).argmax(dim=-1) == y).sum())
             total += len(y)
         return correct / max(total, 1)
+
+    def score(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        x, y = batch
+        correct = (model(x).argmax(dim=-1) == y).sum()
+        return torch.stack([correct.double(), y.new_full((), len(y), dtype=torch.float64)])
 
     def stages(self, model: nn.Module) -> Sequence[str]:
         return self.stage_paths
@@ -254,8 +308,14 @@ def load_task(entry: str, kwargs: dict[str, Any] | None = None) -> Task:
 
 
 def move_to(batch: Batch, device: torch.device) -> Batch:
-    """``batch`` with every tensor in it on ``device``."""
+    """``batch`` with every tensor in it on ``device``.
+
+    To a GPU, a CPU tensor goes through pinned memory, so that the copy is queued behind the work
+    already on the GPU and the host does not wait for it.
+    """
     if isinstance(batch, torch.Tensor):
+        if device.type == "cuda" and batch.device.type == "cpu":
+            batch = batch.pin_memory()
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
         return {k: move_to(v, device) for k, v in batch.items()}

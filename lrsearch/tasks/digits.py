@@ -198,7 +198,7 @@ def digits_transfer(
         y_val=y_val,
         info=info,
         # DigitsNet's forward is these four applied in turn: a frozen prefix of them can run
-        # without autograd, and its outputs can be cached (lrsearch.prefix).
+        # without autograd, and its outputs can be cached (lrsearch.training.prefix).
         stage_paths=_STAGES,
     )
 

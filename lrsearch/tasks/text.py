@@ -33,9 +33,9 @@ huge, and not needed here), so the task builds offline::
   ``encoder.encoder.layer.<i>``, ``head``): a frozen embedding and lower layers run without
   autograd, and with ``[train] prefix_cache = true`` their outputs (each review's token states,
   stored at ``seq_len``) are computed once per study. With the option on, the frozen layers run
-  in eval mode, so their dropout is off, cached or not (``lrsearch.prefix``). The model's forward
+  in eval mode, so their dropout is off, cached or not (``lrsearch.training.prefix``). The model's forward
   applies the encoder's modules itself, as ``BertModel`` does, with a mask built without
-  data-dependent branches, so ``torch.func.vmap`` can stack trials (``lrsearch.batched``; pass
+  data-dependent branches, so ``torch.func.vmap`` can stack trials (``lrsearch.training.stacked``; pass
   ``train_width="split"`` so that every trial's batches have one shape).
 
 Measured on a shared 2-core CPU (other jobs running): about 0.9 s per training step at batch 32,
@@ -138,7 +138,7 @@ class TextClassificationTask:
     Args:
         train_width: When set, every training batch is cut to this many tokens rather than to its
             longest review, so that every trial's batches have one shape (batched trials,
-            ``lrsearch.batched``, stack them).
+            ``lrsearch.training.stacked``, stack them).
     """
 
     model_fn: Any  # () -> MiniLMClassifier
@@ -242,7 +242,7 @@ def _layer_mask(config: Any, states: torch.Tensor, mask: torch.Tensor) -> torch.
     """The attention mask BERT's layers take: which keys each query may attend to.
 
     Built without looking at the values (``BertModel`` of transformers 5 checks ``mask.all()``
-    to skip it), so that ``torch.func.vmap`` can batch the model (``lrsearch.batched``).
+    to skip it), so that ``torch.func.vmap`` can batch the model (``lrsearch.training.stacked``).
     """
     keys = mask[:, None, None, :].bool()
     if getattr(config, "_attn_implementation", "eager") == "sdpa":

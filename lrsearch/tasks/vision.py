@@ -52,7 +52,7 @@ image (one image per epoch at most).
 
 **Frozen prefix.** The task has the ``StagedTask`` capability (``MOBILENET_STAGES``: ``features.0``
 .. ``features.18``, then the classifier): the frozen early stages run without autograd, and with
-``[train] prefix_cache = true`` their outputs are computed once per study (``lrsearch.prefix``);
+``[train] prefix_cache = true`` their outputs are computed once per study (``lrsearch.training.prefix``);
 there is no augmentation, and a frozen stage's BatchNorm keeps its ImageNet statistics (unless
 ``freeze_batchnorm = false``, which rules the cache out). ``train_indices`` drops the one-image
 batch as ``train_batches`` does.
@@ -274,7 +274,7 @@ def fashion_mnist_mobilenet(
         y_val=y_eval,
         info=info,
         # A frozen prefix of these runs without autograd, and its outputs can be cached
-        # (lrsearch.prefix): the images are prepared once, with no augmentation.
+        # (lrsearch.training.prefix): the images are prepared once, with no augmentation.
         stage_paths=MOBILENET_STAGES,
     )
 

@@ -15,13 +15,16 @@ parameter. A trained parameter outside every stage could be used anywhere, so it
   the prefix runs in eval mode (dropout off) in every trial with the option on, cached or not, so
   that a trial's result does not depend on whether the cache held its entry.
 - **Keys.** The task's ``fingerprint()`` (a digest of its examples; without one, the task object
-  itself, and the entry stays in memory), a digest of the prefix's parameters and buffers, the
-  prefix's stage paths, the precision and the device. The training outputs are stored per example
-  index, so each trial's own shuffle gathers its batches from them.
-- **Size.** Entries live in one process-wide, least-recently-used store of at most
-  ``[train] cache_mb``; outputs larger than that are not cached (said once in a log line) and the
-  trial runs the prefix itself. ``[train] cache_dir`` also keeps entries on disk (``torch.save``
-  of tensors only, read back with ``weights_only=True``), shared by the processes of a machine.
+  itself, and the entry stays in memory), the prefix's stage paths, the precision and the device;
+  an entry is taken only when the prefix's parameters and buffers equal those it was computed
+  with (compared on the device, no hashing per trial); a disk copy is named by a digest of them.
+  The training outputs are stored per example index, so each trial's own shuffle gathers its
+  batches from them.
+- **Size.** Entries live in the ``Trainer``'s least-recently-used store of at most
+  ``[train] cache_mb``, on the trial's device; outputs larger than that are not cached (said once
+  in a log line) and the trial runs the prefix itself. ``[train] cache_dir`` also keeps entries on
+  disk (``torch.save`` of tensors only, read back with ``weights_only=True``), shared by the
+  processes of a machine.
 """
 
 from __future__ import annotations
@@ -234,23 +237,6 @@ def compute_features(
 
 # --- keys and the store ---------------------------------------------------------------------
 
-# id(task) -> (a weak reference to it, its fingerprint): computed once per task object.
-_fingerprints: dict[int, tuple[weakref.ref[Any], str | None]] = {}
-
-
-def _fingerprint(task: StagedTask) -> str | None:
-    cached = _fingerprints.get(id(task))
-    if cached is not None and cached[0]() is task:
-        return cached[1]
-    value = task.fingerprint()
-    try:
-        key = id(task)
-        ref = weakref.ref(task, lambda _: _fingerprints.pop(key, None))
-    except TypeError:
-        return value
-    _fingerprints[key] = (ref, value)
-    return value
-
 
 def weights_digest(modules: Sequence[nn.Module]) -> str:
     """A digest of the parameters and buffers (names, shapes, values) of ``modules``."""
@@ -265,41 +251,32 @@ def weights_digest(modules: Sequence[nn.Module]) -> str:
     return h.hexdigest()
 
 
-@dataclass(frozen=True)
-class CacheKey:
-    """What identifies a prefix's outputs. ``disk`` is false when the task has no fingerprint."""
-
-    digest: str
-    device: str
-    disk: bool
-
-    @property
-    def memory(self) -> str:
-        return f"{self.digest}@{self.device}"
+def _state(modules: Sequence[nn.Module]) -> list[tuple[str, torch.Tensor]]:
+    return [
+        (f"{i}.{name}", t.detach())
+        for i, module in enumerate(modules)
+        for name, t in module.state_dict(keep_vars=True).items()
+    ]
 
 
-def cache_key(
-    task: StagedTask,
-    model: nn.Module,
-    prefix: Sequence[str],
-    *,
-    precision: str,
-    device: torch.device,
-) -> CacheKey:
-    """The key of ``task``'s prefix outputs for a prefix of ``model`` (its weights as they are)."""
-    fingerprint = _fingerprint(task)
-    # Without a fingerprint the task object stands for its data; its id is only unique while it
-    # lives, so its entries go when it does (``FeatureCache.forget``).
-    identity = fingerprint if fingerprint is not None else f"object:{id(task)}"
-    modules = [model.get_submodule(p) for p in prefix]
-    parts = [_FORMAT, identity, weights_digest(modules), "|".join(prefix), precision]
-    digest = hashlib.blake2b("\n".join(parts).encode(), digest_size=16).hexdigest()
-    key = CacheKey(digest, str(device), disk=fingerprint is not None)
-    if fingerprint is None and key.memory not in CACHE.watched:
-        CACHE.watched.add(key.memory)
-        with contextlib.suppress(TypeError):  # no weak references: the entry stays until evicted
-            weakref.finalize(task, CACHE.forget, key.memory)
-    return key
+def _same_state(a: list[tuple[str, torch.Tensor]], b: list[tuple[str, torch.Tensor]]) -> bool:
+    if len(a) != len(b):
+        return False
+    for (name_a, t_a), (name_b, t_b) in zip(a, b, strict=True):
+        if name_a != name_b or t_a.shape != t_b.shape or t_a.dtype != t_b.dtype:
+            return False
+        if t_a.device != t_b.device or not torch.equal(t_a, t_b):
+            return False
+    return True
+
+
+@dataclass
+class _Entry:
+    """A prefix's outputs, and the prefix weights (the tensors themselves) they came from."""
+
+    state: list[tuple[str, torch.Tensor]]
+    features: Features
+    digest: str | None = None  # of the weights, computed only for the disk copy
 
 
 @dataclass(frozen=True)
@@ -311,74 +288,124 @@ class CacheInfo:
 
 
 class FeatureCache:
-    """A least-recently-used store of ``Features``, bounded in bytes by each caller's limit."""
+    """Prefix outputs by task, prefix, precision and device; least recently used first out.
+
+    A lookup finds the entries of the same task (its ``fingerprint()``, or the task object while it
+    lives), stage paths, precision and device, and takes the one whose prefix weights equal the
+    trial's (``torch.equal`` on the device, where both already are): no trial hashes its weights.
+    Only a disk copy (``cache_dir``) is named by a digest of the weights, computed once per entry.
+    """
 
     def __init__(self) -> None:
-        self._entries: OrderedDict[str, Features] = OrderedDict()
-        self._too_big: dict[str, int] = {}  # key -> the largest limit it did not fit
-        self.watched: set[str] = set()  # keys dropped when their task object dies
+        # (identity, paths, precision, device) -> entries with other weights, newest last.
+        self._entries: OrderedDict[tuple[str, ...], list[_Entry]] = OrderedDict()
+        self._too_big: dict[tuple[str, ...], int] = {}  # key -> the largest limit it did not fit
+        self._fingerprints: dict[int, tuple[weakref.ref[Any], str | None]] = {}
+        self._watched: set[int] = set()  # ids of fingerprint-less tasks whose entries go with them
         self.hits = self.misses = 0
 
     def info(self) -> CacheInfo:
         return CacheInfo(
             self.hits,
             self.misses,
-            len(self._entries),
-            sum(f.nbytes for f in self._entries.values()),
+            sum(len(v) for v in self._entries.values()),
+            self._nbytes(),
         )
+
+    def _nbytes(self) -> int:
+        return sum(e.features.nbytes for v in self._entries.values() for e in v)
 
     def clear(self) -> None:
         self._entries.clear()
         self._too_big.clear()
         self.hits = self.misses = 0
 
-    def forget(self, key: str) -> None:
-        self._entries.pop(key, None)
-        self._too_big.pop(key, None)
-        self.watched.discard(key)
+    def _forget_task(self, identity: str) -> None:
+        for key in [k for k in self._entries if k[0] == identity]:
+            del self._entries[key]
+        for key in [k for k in self._too_big if k[0] == identity]:
+            del self._too_big[key]
 
-    def get(self, key: str) -> Features | None:
-        found = self._entries.get(key)
-        if found is not None:
-            self._entries.move_to_end(key)
-        return found
+    def fingerprint(self, task: StagedTask) -> str | None:
+        """``task.fingerprint()``, computed once per task object."""
+        cached = self._fingerprints.get(id(task))
+        if cached is not None and cached[0]() is task:
+            return cached[1]
+        value = task.fingerprint()
+        key = id(task)
+        try:
+            ref = weakref.ref(task, lambda _: self._fingerprints.pop(key, None))
+        except TypeError:
+            return value
+        self._fingerprints[key] = (ref, value)
+        return value
 
-    def put(self, key: str, features: Features, limit_bytes: int) -> bool:
-        size = features.nbytes
+    def _identity(self, task: StagedTask) -> tuple[str, bool]:
+        fingerprint = self.fingerprint(task)
+        if fingerprint is not None:
+            return fingerprint, True
+        # The task object stands for its data; its id is unique only while it lives, so its
+        # entries go when it does.
+        identity = f"object:{id(task)}"
+        if id(task) not in self._watched:
+            self._watched.add(id(task))
+            with contextlib.suppress(TypeError):  # no weak references: kept until evicted
+                weakref.finalize(task, self._forget_task, identity)
+                weakref.finalize(task, self._watched.discard, id(task))
+        return identity, False
+
+    def _put(self, key: tuple[str, ...], entry: _Entry, limit_bytes: int) -> bool:
+        size = entry.features.nbytes
         if size > limit_bytes:
             return False
-        while self._entries and self.info().nbytes + size > limit_bytes:
-            self._entries.popitem(last=False)
-        self._entries[key] = features
+        while self._entries and self._nbytes() + size > limit_bytes:
+            oldest = next(iter(self._entries))
+            self._entries[oldest].pop(0)
+            if not self._entries[oldest]:
+                del self._entries[oldest]
+        self._entries.setdefault(key, []).append(entry)
+        self._entries.move_to_end(key)
         return True
 
     def lookup(
         self,
-        key: CacheKey,
+        task: StagedTask,
+        modules: Sequence[nn.Module],
+        paths: Sequence[str],
         compute: Callable[[], Features | None],
         *,
+        precision: str,
         limit_bytes: int,
         cache_dir: str | None,
         device: torch.device,
         describe: str,
     ) -> Features | None:
-        """The entry of ``key``: from memory, from disk, or computed now; ``None`` if too big."""
-        found = self.get(key.memory)
-        if found is not None:
-            self.hits += 1
-            return found
-        if limit_bytes <= self._too_big.get(key.memory, -1):
+        """The outputs of the prefix ``modules`` (at ``paths``) of ``task``: from memory, from
+        disk, or computed now; ``None`` if too big."""
+        identity, durable = self._identity(task)
+        key = (identity, "|".join(paths), precision, str(device))
+        state = _state(modules)
+        for entry in self._entries.get(key, []):
+            if _same_state(entry.state, state):
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return entry.features
+        if limit_bytes <= self._too_big.get(key, -1):
             return None  # known not to fit: computing it again would be wasted
-        path = Path(cache_dir) / f"prefix-{key.digest}.pt" if cache_dir and key.disk else None
-        if path is not None and path.exists():
-            found = _load(path, device)
-            if found is not None and self.put(key.memory, found, limit_bytes):
+        path: Path | None = None
+        digest: str | None = None
+        if cache_dir and durable:
+            parts = [_FORMAT, identity, weights_digest(modules), "|".join(paths), precision]
+            digest = hashlib.blake2b("\n".join(parts).encode(), digest_size=16).hexdigest()
+            path = Path(cache_dir) / f"prefix-{digest}.pt"
+            found = _load(path, device) if path.exists() else None
+            if found is not None and self._put(key, _Entry(state, found, digest), limit_bytes):
                 self.hits += 1
                 return found
         self.misses += 1
         found = compute()
-        if found is None or not self.put(key.memory, found, limit_bytes):
-            self._too_big[key.memory] = limit_bytes
+        if found is None or not self._put(key, _Entry(state, found, digest), limit_bytes):
+            self._too_big[key] = limit_bytes
             _log.info(
                 "prefix cache: the outputs of %s need more than [train] cache_mb = %d; not cached, "
                 "each trial runs it (raise cache_mb to cache them)",
@@ -389,20 +416,6 @@ class FeatureCache:
         if path is not None:
             _save(path, found)
         return found
-
-
-CACHE = FeatureCache()
-"""The process-wide store every trial of this process shares."""
-
-
-def cache_info() -> CacheInfo:
-    """Hits, misses, entries and bytes of the process-wide prefix cache."""
-    return CACHE.info()
-
-
-def clear_cache() -> None:
-    """Empty the process-wide prefix cache (the disk copies stay)."""
-    CACHE.clear()
 
 
 def _save(path: Path, features: Features) -> None:

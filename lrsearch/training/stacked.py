@@ -2,8 +2,8 @@
 
 Small models leave a GPU (and, less so, a CPU) mostly idle; stacking K copies of the model makes
 every matrix product K times larger for one Python step. Each copy keeps what makes it its own
-trial, so ``train_batched`` gives what K separate :func:`~lrsearch.trainer.train_trial` runs with
-the same seeds give, within float rounding:
+trial, so ``Trainer.train_many`` gives what K separate ``Trainer.train_one`` runs with the same
+seeds give, within float rounding:
 
 - **Initialisation and data order.** Copy k builds its model after ``torch.manual_seed(seed_k)``
   and draws its batches from its own generator seeded with ``seed_k``, as the trainer does; the
@@ -16,16 +16,22 @@ the same seeds give, within float rounding:
   group frozen in copy k has rate 0 there, its gradient is zeroed and its weight decay masked, so
   it stays bit for bit as built. A group frozen in every copy gets no gradient at all and, when its
   weights are the same in every copy, is not stacked.
-- **Evaluation, pruning, divergence.** At the trainer's evaluation points each copy is evaluated
-  on its own (``task.evaluate`` returns a float, which vmap cannot batch) and its own ``report`` is
-  called. A report that raises (``optuna.TrialPruned``), or a NaN/inf loss or metric, ends that
-  copy alone: its result is the exception and it is dropped from the stack.
+- **Evaluation, pruning, divergence.** At the trainer's evaluation points the K copies are
+  evaluated together under vmap where the task has the ``ScoredTask`` capability (one pass over
+  the validation batches for all of them), else one copy after another (``task.evaluate`` returns
+  a float, which vmap cannot batch); then each copy's own ``report`` is called. A report that
+  raises (``optuna.TrialPruned``), or a NaN/inf loss or metric, ends that copy alone: its result
+  is the exception and it is dropped from the stack. On a GPU a NaN loss is noticed at the next
+  evaluation (or within ``SYNC_EVERY`` steps), as for one trial.
+- **Attention.** On CUDA the step runs scaled-dot-product attention with its math kernel: the
+  fused kernels have no batching rule under vmap.
 
 What cannot batch, :func:`can_batch` names before training and :class:`BatchingUnsupported` says
 when training starts: BatchNorm layers in train mode (their running statistics are updated in
 place), fp16 (one ``GradScaler`` per trial), and anything ``vmap`` rejects at the first step
 (``.item()`` in a loss, data-dependent control flow, missing batching rules). The caller then
-trains the trials one at a time; no report has been made by then.
+trains the trials one at a time; no report has been made and nothing trained by then (trials
+whose every group is frozen only evaluate, after the stacked ones).
 
 Differences from separate runs, by design: dropout draws differ (``vmap(randomness="different")``
 draws per copy, from one RNG); ``TrainResult.seconds`` is the wall time of the shared run until
@@ -35,10 +41,11 @@ that copy finished; CUDA out of memory fails every copy still running.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -48,20 +55,43 @@ from lrsearch.errors import LrsearchError, TrialFailure
 from lrsearch.groups import LayerGroups, build_param_groups, make_optimizer
 from lrsearch.space import Sample
 from lrsearch.spec import TrainSection
-from lrsearch.tasks import Task, move_to
-from lrsearch.trainer import (
+from lrsearch.tasks import AlignedTask, Task, move_to, scored
+from lrsearch.training.common import (
+    Divergence,
+    Plan,
     Report,
     TrainResult,
-    resolve_device,
+    as_device,
+    autocast,
+    check_metric,
+    epochs,
+    oom_text,
     resolve_precision,
     schedule_factor,
-    steps_per_epoch,
-    train_trial,
 )
+from lrsearch.training.evaluate import ratios
+from lrsearch.training.single import SYNC_EVERY
+from lrsearch.training.stacked_optim import StackedOptimizer, per_copy
 
-__all__ = ["BatchingUnsupported", "can_batch", "train_batched"]
+if TYPE_CHECKING:
+    from lrsearch.training.trainer import Trainer
+
+__all__ = ["BatchingUnsupported", "can_batch"]
 
 _PREFIX = "model."  # names of the model's tensors inside _Call
+
+
+def _math_attention(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """On CUDA, scaled-dot-product attention through its math kernel, which vmap can batch."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: the old switch
+        return torch.backends.cuda.sdp_kernel(
+            enable_flash=False, enable_math=True, enable_mem_efficient=False
+        )
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 class BatchingUnsupported(LrsearchError):
@@ -126,7 +156,7 @@ def can_batch(
 ) -> str | None:
     """Why ``samples`` cannot train stacked, or ``None`` when they can (as far as can be told).
 
-    Builds one model of ``task`` to look at its layers. ``train_batched`` may still raise
+    Builds one model of ``task`` to look at its layers. ``Trainer.train_many`` may still raise
     :class:`BatchingUnsupported` at its first step, before any report, if ``vmap`` rejects the
     model or its loss.
 
@@ -140,7 +170,7 @@ def can_batch(
     cfg = cfg or TrainSection()
     if not samples:
         return "no trials given"
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dev = as_device(device)
     if resolve_precision(cfg.precision, dev) == "fp16":
         return (
             "fp16 needs a gradient scaler per trial, which batched trials do not have; use "
@@ -151,62 +181,51 @@ def can_batch(
     return _batchnorm_problem(model, groups, samples, cfg.freeze_batchnorm)
 
 
-def train_batched(
+def train_many(
+    trainer: Trainer,
     task: Task,
     groups: LayerGroups,
     samples: Sequence[Sample],
     cfg: TrainSection,
     *,
-    device: torch.device | str | None = None,
+    device: torch.device | str | None,
     seeds: Sequence[int],
     reports: Sequence[Report | None],
 ) -> list[TrainResult | BaseException]:
-    """Train ``len(samples)`` trials together, each as :func:`~lrsearch.trainer.train_trial` would.
-
-    Args:
-        task: What to train.
-        groups: The layer groups, resolved on a model of the same task.
-        samples: Each trial's ``{group: lr}`` (0 = frozen) and weight decay.
-        cfg: The ``[train]`` section, shared by all trials.
-        device: A torch device, ``"auto"`` or ``None`` (CUDA when present).
-        seeds: Each trial's seed (model initialisation and data order).
-        reports: Each trial's ``report(step, value)`` callback, or ``None``; one that raises stops
-            its trial alone.
-
-    Returns:
-        One entry per trial, in order: its ``TrainResult``, or the exception that ended it
-        (``TrialFailure`` on divergence or out of memory, or whatever its report raised).
-
-    Raises:
-        BatchingUnsupported: The trials cannot train stacked (raised before any report).
-        GroupError: A sample's rates do not name exactly the groups.
-    """
+    """What :meth:`lrsearch.training.Trainer.train_many` does (documented there)."""
     if not len(samples) == len(seeds) == len(reports):
         raise ValueError(
             f"samples, seeds and reports must have one entry per trial, got "
             f"{len(samples)}, {len(seeds)} and {len(reports)}"
         )
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dev = as_device(device)
     results: list[TrainResult | BaseException | None] = [None] * len(samples)
     # A trial with every group frozen only evaluates the model as built: nothing to stack.
     stacked = [i for i, s in enumerate(samples) if any(lr > 0 for lr in s.lrs.values())]
-    for i in range(len(samples)):
-        if i not in stacked:
-            try:
-                results[i] = train_trial(
-                    task, groups, samples[i], cfg, device=dev, seed=seeds[i], report=reports[i]
-                )
-            except Exception as e:
-                results[i] = e
     if stacked:
+        # Refused (below, or at the first step) before any trial, stacked or not, trains.
         problem = can_batch(task, groups, [samples[i] for i in stacked], cfg=cfg, device=dev)
         if problem:
             raise BatchingUnsupported(problem)
         run = _Batch(
-            task, groups, [samples[i] for i in stacked], cfg, dev, [seeds[i] for i in stacked]
+            trainer,
+            task,
+            groups,
+            [samples[i] for i in stacked],
+            cfg,
+            dev,
+            [seeds[i] for i in stacked],
         )
         for i, result in zip(stacked, run.run([reports[i] for i in stacked]), strict=True):
             results[i] = result
+    for i in range(len(samples)):
+        if results[i] is None:
+            try:
+                results[i] = trainer.train_one(
+                    task, groups, samples[i], cfg, device=dev, seed=seeds[i], report=reports[i]
+                )
+            except Exception as e:
+                results[i] = e
     return [r for r in results if r is not None]
 
 
@@ -216,7 +235,10 @@ def _stack(batches: list[Any]) -> tuple[Any, Any]:
     if isinstance(first, torch.Tensor):
         shapes = {tuple(b.shape) for b in batches}
         if len(shapes) > 1:
-            raise BatchingUnsupported(f"the trials' batches differ in shape: {sorted(shapes)}")
+            raise BatchingUnsupported(
+                f"the trials' batches differ in shape: {sorted(shapes)} (a task whose batches "
+                "vary can pad them to one shape with an align() method: see AlignedTask)"
+            )
         return torch.stack(batches), 0
     if isinstance(first, dict):
         pairs = {k: _stack([b[k] for b in batches]) for k in first}
@@ -229,87 +251,12 @@ def _stack(batches: list[Any]) -> tuple[Any, Any]:
     return first, None
 
 
-def _per_copy(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A ``[K]`` vector shaped to broadcast over a stacked tensor ``[K, ...]``, in its dtype."""
-    return values.to(like.device, like.dtype).view(-1, *([1] * (like.dim() - 1)))
-
-
-class _StackedOptimizer:
-    """AdamW, Adam or SGD (as torch computes them) over stacked ``[K, ...]`` tensors.
-
-    Each tensor has a ``[K]`` base rate (0: frozen in that copy, which then gets no update at all,
-    weight decay included) and a ``[K]`` weight decay; ``step`` scales the rates by the schedule's
-    factor. Hyperparameters are torch's defaults, as ``make_optimizer`` uses them.
-    """
-
-    def __init__(
-        self,
-        kind: str,
-        params: dict[str, torch.Tensor],
-        lrs: dict[str, torch.Tensor],
-        decay: dict[str, torch.Tensor],
-        *,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        momentum: float = 0.0,
-    ) -> None:
-        self.kind, self.betas, self.eps, self.momentum = kind, betas, eps, momentum
-        self.lrs = {n: lr.to(torch.float64) for n, lr in lrs.items()}
-        self.decay = {n: decay[n].to(torch.float64) * (lr > 0) for n, lr in self.lrs.items()}
-        moments = 2 if kind != "sgd" else 1 if momentum else 0
-        self.state = {n: [torch.zeros_like(params[n]) for _ in range(moments)] for n in lrs}
-
-    @torch.no_grad()
-    def zero_frozen(self, params: dict[str, torch.Tensor]) -> None:
-        """Zero the gradient of each copy where its group is frozen (before clipping norms)."""
-        for name, base_lr in self.lrs.items():
-            grad = params[name].grad
-            if grad is not None and not base_lr.all():
-                grad.copy_(torch.where(_per_copy(base_lr > 0, grad).bool(), grad, 0))
-
-    @torch.no_grad()
-    def step(self, params: dict[str, torch.Tensor], step: int, factor: float = 1.0) -> None:
-        """Update ``params`` in place from their ``.grad``; ``step`` counts from 1."""
-        beta1, beta2 = self.betas
-        for name, base_lr in self.lrs.items():
-            p = params[name]
-            lr64, decay = base_lr * factor, self.decay[name]
-            g = p.grad if p.grad is not None else torch.zeros_like(p)
-            if not base_lr.all():
-                # Zeroed where the group is frozen: a NaN there must not leak in through 0 * NaN.
-                g = torch.where(_per_copy(base_lr > 0, p).bool(), g, 0)
-            if self.kind != "adamw" and decay.any():
-                g = g.add(p * _per_copy(decay, p))  # L2 in the gradient, as Adam and SGD do
-            if self.kind == "sgd":
-                if self.momentum:
-                    (buf,) = self.state[name]
-                    buf.mul_(self.momentum).add_(g)  # from zeros: buf = g at first, as in torch
-                    g = buf
-                p.sub_(_per_copy(lr64, p) * g)
-                continue
-            exp_avg, exp_avg_sq = self.state[name]
-            if self.kind == "adamw":
-                p.mul_(_per_copy(1 - lr64 * decay, p))
-            exp_avg.lerp_(g, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            step_size = _per_copy(lr64 / (1 - beta1**step), p)
-            # torch's (exp_avg / (sqrt(v) / sqrt(bc2) + eps)) * step_size, in one buffer.
-            update = exp_avg_sq.sqrt().div_(math.sqrt(1 - beta2**step)).add_(self.eps)
-            p.sub_(update.reciprocal_().mul_(exp_avg).mul_(step_size))
-
-    def keep(self, index: torch.Tensor) -> None:
-        """Keep only the copies at ``index`` (a CPU ``long`` tensor)."""
-        for name in self.lrs:
-            self.lrs[name] = self.lrs[name][index]
-            self.decay[name] = self.decay[name][index]
-            self.state[name] = [s[index.to(s.device)] for s in self.state[name]]
-
-
 class _Batch:
     """K trials' stacked state; ``run`` drives them."""
 
     def __init__(
         self,
+        trainer: Trainer,
         task: Task,
         groups: LayerGroups,
         samples: list[Sample],
@@ -319,7 +266,7 @@ class _Batch:
     ) -> None:
         self.task, self.cfg, self.device = task, cfg, device
         self.precision = resolve_precision(cfg.precision, device)
-        per_epoch = steps_per_epoch(task, cfg.batch_size)  # before seeding, as the trainer does
+        per_epoch = trainer.epoch_lengths(task, cfg.batch_size)  # before seeding, as one trial
         self.generators, self.rng_states = [], []
         models, defaults = [], []
         for sample, seed in zip(samples, seeds, strict=True):
@@ -336,18 +283,14 @@ class _Batch:
             )
             self.rng_states.append(torch.get_rng_state())
             models.append(model)
-        self.model = models[0].to(device)
-        self.loss_fn = _Call(self.model, task.loss)
-        self.eval_fn = _Call(self.model, task.evaluate)
-        self.total_steps = cfg.epochs * per_epoch
-        if cfg.max_steps is not None:
-            self.total_steps = min(self.total_steps, cfg.max_steps)
-        self.factor = schedule_factor(cfg.schedule, cfg.warmup_ratio, self.total_steps)
+        self.plan = Plan.of(cfg, per_epoch)
+        self.factor = schedule_factor(cfg.schedule, cfg.warmup_ratio, self.plan.total_steps)
 
         group_of = {n: g for g, names in groups.params for n in names}
         hyper = defaults[0][0]
         wd = torch.tensor([d[0]["weight_decay"] for d in defaults], dtype=torch.float64)
         # name -> stacked [K, ...] tensor, or one tensor shared by every copy (never trained).
+        # Compared and stacked where the copies were built (the CPU), then moved: one copy each.
         self.stacked: dict[str, torch.Tensor] = {}
         self.shared: dict[str, torch.Tensor] = {}
         lrs: dict[str, torch.Tensor] = {}
@@ -365,7 +308,15 @@ class _Batch:
             if lr.any():
                 self.stacked[name].requires_grad_(True)
                 lrs[name] = lr
-        self.optimizer = _StackedOptimizer(
+        # The skeleton whose tensors functional_call swaps for the stacked ones: on the device,
+        # for any tensor the model keeps outside its parameters and buffers.
+        self.model = models[0].to(device)
+        del models, per_model
+        self.loss_fn = _Call(self.model, task.loss)
+        self.eval_fn = _Call(self.model, task.evaluate)
+        scorer = scored(task)
+        self.score_fn = _Call(self.model, scorer.score) if scorer is not None else None
+        self.optimizer = StackedOptimizer(
             cfg.optimizer,
             {n: self.stacked[n] for n in lrs},
             lrs,
@@ -378,13 +329,13 @@ class _Batch:
         self.norms = [
             m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
         ]
+        self.divergence = Divergence(len(samples), device)
+        self.sync_now = device.type != "cuda"
 
     # -- the pieces of one step ------------------------------------------------------------------
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return autocast(self.precision, self.device)
 
     def train_mode(self) -> None:
         self.model.train()
@@ -395,18 +346,20 @@ class _Batch:
         tensors = {n: t[k].detach() for n, t in self.stacked.items()} | self.shared
         return {_PREFIX + n: t for n, t in tensors.items()}
 
-    def losses(self, batch: Any, dims: Any) -> torch.Tensor:
+    def vmapped(self, fn: nn.Module, batch: Any, dims: Any, **options: Any) -> Any:
+        """``fn(batch)`` for every copy at once: its tensors stacked, ``batch`` per ``dims``."""
         shared = {_PREFIX + n: t for n, t in self.shared.items()}
 
-        def one(tensors: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
+        def one(tensors: dict[str, torch.Tensor], batch: Any) -> Any:
             named = {_PREFIX + n: t for n, t in tensors.items()}
-            return functional_call(self.loss_fn, named | shared, (batch,))
+            return functional_call(fn, named | shared, (batch,))
 
-        with self.autocast():
-            out: torch.Tensor = vmap(one, in_dims=(0, dims), randomness="different")(
-                self.stacked, batch
-            )
-            return out
+        with self.autocast(), _math_attention(self.device):
+            return vmap(one, in_dims=(0, dims), **options)(self.stacked, batch)
+
+    def losses(self, batch: Any, dims: Any) -> torch.Tensor:
+        out: torch.Tensor = self.vmapped(self.loss_fn, batch, dims, randomness="different")
+        return out
 
     def clip(self) -> None:
         """Clip each copy's gradient norm over the groups it trains, as ``clip_grad_norm_``."""
@@ -417,7 +370,7 @@ class _Batch:
         coef = (self.cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0)
         for g in grads.values():
             if g is not None:
-                g.mul_(_per_copy(coef, g))
+                g.mul_(per_copy(coef, g))
 
     def update(self, step: int) -> None:
         # LambdaLR semantics: the first step trains with factor(0).
@@ -432,25 +385,49 @@ class _Batch:
         for name, t in self.stacked.items():
             self.stacked[name] = t.detach()[on].requires_grad_(t.requires_grad)
         self.optimizer.keep(index)
+        self.divergence.keep(index)
 
     # -- evaluation and the loop -----------------------------------------------------------------
 
-    def evaluate(self, k: int, step: int) -> float:
-        self.model.eval()
-        with torch.no_grad(), self.autocast():
-            batches = (
-                move_to(b, self.device) for b in self.task.val_batches(self.cfg.eval_batch_size)
-            )
-            value = float(functional_call(self.eval_fn, self.copy_tensors(k), (batches,)))
-        self.train_mode()
-        if not math.isfinite(value):
-            raise TrialFailure(f"diverged: metric is {value} at step {step}", diverged=True)
-        return value
+    def val_batches(self) -> Iterator[Any]:
+        return (move_to(b, self.device) for b in self.task.val_batches(self.cfg.eval_batch_size))
 
-    def epochs(self, k: int) -> Iterator[Any]:
-        for _ in range(self.cfg.epochs):
-            yield from self.task.train_batches(self.cfg.batch_size, self.generators[k])
-            yield None  # end of an epoch
+    def evaluate_all(self, step: int) -> list[float | BaseException]:
+        """Each copy's metric at ``step``, or the failure that ends it (diverged)."""
+        diverged = self.divergence.first()
+        self.model.eval()
+        with torch.no_grad():
+            if self.score_fn is not None:
+                total: torch.Tensor | None = None
+                for batch in self.val_batches():
+                    part = self.vmapped(self.score_fn, batch, None).double()
+                    total = part if total is None else total + part
+                values = ratios(total, len(diverged))
+            else:
+                values = []
+                for k in range(len(diverged)):
+                    with self.autocast():
+                        values.append(
+                            float(
+                                functional_call(
+                                    self.eval_fn, self.copy_tensors(k), (self.val_batches(),)
+                                )
+                            )
+                        )
+        self.train_mode()
+        out: list[float | BaseException] = []
+        for value, failure in zip(values, diverged, strict=True):
+            if failure is not None:
+                out.append(failure)
+                continue
+            try:
+                out.append(check_metric(value, step))
+            except TrialFailure as e:
+                out.append(e)
+        return out
+
+    def one_epoch(self, k: int) -> Any:
+        return self.task.train_batches(self.cfg.batch_size, self.generators[k])
 
     def next_batches(self, streams: list[Iterator[Any]], slots: list[int]) -> list[Any] | None:
         """Each live copy's next batch (``None`` at an epoch's end), or ``None`` when all ended."""
@@ -473,7 +450,7 @@ class _Batch:
         k = len(reports)
         results: list[TrainResult | BaseException | None] = [None] * k
         slots = list(range(k))  # the original index of each copy still in the stack
-        streams = [self.epochs(i) for i in range(k)]
+        streams = [epochs(self.cfg.epochs, functools.partial(self.one_epoch, i)) for i in range(k)]
         evaluations = [0] * k
         values = [math.nan] * k
 
@@ -489,16 +466,24 @@ class _Batch:
 
         def evaluate_all(step: int) -> None:
             ended: dict[int, BaseException] = {}
-            for pos, slot in enumerate(slots):
+            for pos, value in enumerate(self.evaluate_all(step)):
+                slot = slots[pos]
+                if isinstance(value, BaseException):
+                    ended[pos] = value
+                    continue
                 try:
-                    values[slot] = self.evaluate(pos, step)
+                    values[slot] = value
                     evaluations[slot] += 1
                     report = reports[slot]
                     if report is not None:
-                        report(step, values[slot])
-                except Exception as e:  # pruned, diverged, or the report's own error: this copy
+                        report(step, value)
+                except Exception as e:  # pruned, or the report's own error: this copy alone
                     ended[pos] = e
             stop(ended)
+
+        def check_divergence() -> None:
+            failures = self.divergence.first()
+            stop({pos: f for pos, f in enumerate(failures) if f is not None})
 
         self.train_mode()
         step = 0
@@ -510,23 +495,21 @@ class _Batch:
                     break
                 end_of_epoch = batches[0] is None
                 if not end_of_epoch:
-                    if step >= self.total_steps:
+                    if step >= self.plan.total_steps:
                         break
                     step += 1
-                    stop(self.step(batches, step))
+                    self.step(batches, step)
+                    if self.sync_now or step % SYNC_EVERY == 0:
+                        check_divergence()
                     if not slots:
                         break
-                every = self.cfg.eval_every
-                due = (every and not end_of_epoch and step % every == 0) or (
-                    end_of_epoch and not every
-                )
-                if due and evaluated_at != step:
+                if self.plan.due(step, end_of_epoch) and evaluated_at != step:
                     evaluate_all(step)
                     evaluated_at = step
             if slots and evaluated_at != step:
                 evaluate_all(step)
         except torch.cuda.OutOfMemoryError as e:
-            oom = str(e).splitlines()[0] if str(e) else "out of memory"
+            oom = oom_text(e)
             for slot in slots:
                 results[slot] = TrialFailure(
                     f"CUDA out of memory with {len(slots)} trials batched at [train] batch_size = "
@@ -540,12 +523,14 @@ class _Batch:
             )
         return [r if r is not None else RuntimeError("lost trial") for r in results]
 
-    def step(self, batches: list[Any], step: int) -> dict[int, BaseException]:
-        """One training step of every copy; returns the copies whose loss diverged."""
+    def step(self, batches: list[Any], step: int) -> None:
+        """One training step of every copy (a diverged copy is recorded, not stopped, here)."""
+        if isinstance(self.task, AlignedTask):
+            batches = self.task.align(batches)
         batch, dims = _stack([move_to(b, self.device) for b in batches])
         try:
             losses = self.losses(batch, dims)
-            finite = torch.isfinite(losses.detach())
+            finite = self.divergence.check(losses, step)
             # Per copy: a NaN in one copy's loss reaches only that copy's gradients.
             torch.where(finite, losses, 0).sum().backward()
         except (RuntimeError, NotImplementedError) as e:
@@ -561,10 +546,3 @@ class _Batch:
         if self.cfg.grad_clip:
             self.clip()
         self.update(step)
-        bad = (~finite).nonzero().flatten().tolist()
-        return {
-            pos: TrialFailure(
-                f"diverged: loss is {losses[pos].item()} at step {step}", diverged=True
-            )
-            for pos in bad
-        }
