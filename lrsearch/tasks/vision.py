@@ -52,10 +52,10 @@ image (one image per epoch at most).
 
 **Frozen prefix.** The task has the ``StagedTask`` capability (``MOBILENET_STAGES``: ``features.0``
 .. ``features.18``, then the classifier): the frozen early stages run without autograd, and with
-``[train] prefix_cache = true`` their outputs are computed once per study (``lrsearch.training.prefix``);
-there is no augmentation, and a frozen stage's BatchNorm keeps its ImageNet statistics (unless
-``freeze_batchnorm = false``, which rules the cache out). ``train_indices`` drops the one-image
-batch as ``train_batches`` does.
+``[train] prefix_cache = true`` their outputs are computed once per study
+(``lrsearch.training.prefix``); there is no augmentation, and a frozen stage's BatchNorm keeps its
+ImageNet statistics (unless ``freeze_batchnorm = false``, which rules the cache out).
+``train_indices`` drops the one-image batch as ``train_batches`` does.
 
 **Memory.** The images are prepared once per process and argument set (cached), as float32:
 12 KiB per image at 32 px, 588 KiB at 224 px (3,000 images: 36 MiB and 1.7 GiB).

@@ -23,8 +23,8 @@ seeds give, within float rounding:
   raises (``optuna.TrialPruned``), or a NaN/inf loss or metric, ends that copy alone: its result
   is the exception and it is dropped from the stack. On a GPU a NaN loss is noticed at the next
   evaluation (or within ``SYNC_EVERY`` steps), as for one trial.
-- **Attention.** On CUDA the step runs scaled-dot-product attention with its math kernel: the
-  fused kernels have no batching rule under vmap.
+- **Attention.** The stacked step runs scaled-dot-product attention with its math kernel: the
+  fused kernels have no batching rule under vmap (CUDA refuses them, the CPU loops per copy).
 
 What cannot batch, :func:`can_batch` names before training and :class:`BatchingUnsupported` says
 when training starts: BatchNorm layers in train mode (their running statistics are updated in
@@ -81,10 +81,9 @@ __all__ = ["BatchingUnsupported", "can_batch"]
 _PREFIX = "model."  # names of the model's tensors inside _Call
 
 
-def _math_attention(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """On CUDA, scaled-dot-product attention through its math kernel, which vmap can batch."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
+def _math_attention() -> contextlib.AbstractContextManager[Any]:
+    """Scaled-dot-product attention through its math kernel, which vmap batches: the fused
+    kernels have no batching rule (on CUDA vmap refuses them; on the CPU it loops per copy)."""
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
     except ImportError:  # torch < 2.3: the old switch
@@ -354,7 +353,7 @@ class _Batch:
             named = {_PREFIX + n: t for n, t in tensors.items()}
             return functional_call(fn, named | shared, (batch,))
 
-        with self.autocast(), _math_attention(self.device):
+        with self.autocast(), _math_attention():
             return vmap(one, in_dims=(0, dims), **options)(self.stacked, batch)
 
     def losses(self, batch: Any, dims: Any) -> torch.Tensor:
