@@ -566,7 +566,9 @@ def _devices_option(ctx: click.Context, param: click.Parameter, value: str | Non
     default=None,
     metavar="LIST",
     callback=_devices_option,
-    help="GPUs, e.g. 0,1: one worker per GPU (CUDA_VISIBLE_DEVICES), round-robin if fewer.",
+    help="Each worker's GPU (its CUDA_VISIBLE_DEVICES), e.g. 0,1; repeat one to share it: "
+    "0,0,0,0 is 4 workers on GPU 0. With --workers N, a list without repeats is shared "
+    "round-robin.",
 )
 @storage_option
 @click.option("--study", "study", default=None, metavar="NAME", help="Default: [study] name.")
@@ -585,10 +587,12 @@ def launch(
     n_trials: int | None,
 ) -> None:
     """Create or check the study in SPEC and run N local workers on it, shown as one view."""
-    from lrsearch.launch import Launcher
+    from lrsearch.launch import Launcher, assign_devices
 
-    if n_workers is None and devices is None:
-        raise click.UsageError("give --workers N, or --devices to run one worker per GPU")
+    try:  # a usage error, before the study file is read
+        assign_devices(n_workers, devices)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     launcher = Launcher(
         spec_file,
         n_workers=n_workers,
