@@ -74,6 +74,18 @@ def storage_option(f: F) -> F:
     )(with_file)
 
 
+def threads_option(f: F) -> F:
+    """``--threads N``: torch's CPU threads in a command that trains."""
+    return click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="N",
+        help="Torch CPU threads (default: torch's own if $OMP_NUM_THREADS is set, else one per "
+        "physical core this process may use). On a machine shared with other jobs, fewer.",
+    )(f)
+
+
 def study_option(f: F) -> F:
     return click.option("--study", "study", required=True, metavar="NAME", help="Study name.")(f)
 
@@ -107,6 +119,7 @@ def main(debug: bool) -> None:
     help="Start no new trial after this many seconds.",
 )
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
+@threads_option
 def run(
     spec_file: Path,
     storage: str | None,
@@ -114,12 +127,15 @@ def run(
     n_trials: int | None,
     timeout: float | None,
     device: str | None,
+    threads: int | None,
 ) -> None:
     """Run (or resume) the study in SPEC until its budget of trials is met."""
     from lrsearch.search import run_search
     from lrsearch.spec import load_spec
+    from lrsearch.threads import set_threads
 
     spec = load_spec(spec_file)
+    set_threads(threads)
     bar = _ProgressBar()
     try:
         previous: Any = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -263,10 +279,15 @@ def create(spec_file: Path, storage: str | None, study: str | None) -> None:
     help="The study's total budget of finished trials (default: the study's n_trials).",
 )
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
-def worker(storage: str | None, study: str, n_trials: int | None, device: str | None) -> None:
+@threads_option
+def worker(
+    storage: str | None, study: str, n_trials: int | None, device: str | None, threads: int | None
+) -> None:
     """Join a study and run its trials until its budget is met (SIGTERM: stop cleanly, exit 0)."""
     from lrsearch.search import run_worker
+    from lrsearch.threads import set_threads
 
+    set_threads(threads)
     summary = run_worker(storage, study, n_trials=n_trials, device=device, on_trial=_trial_line)
     click.echo(_summary_text(summary))
     stopped = [o.number for o in summary.outcomes if o.outcome == "interrupted"]
