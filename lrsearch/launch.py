@@ -175,9 +175,11 @@ def plan_workers(
     Raises:
         ValueError: As :func:`assign_devices`.
     """
+    from lrsearch.threads import physical_cores
+
     base = os.environ if base_env is None else base_env
     assigned = assign_devices(n_workers, devices)
-    threads = cpu_threads(len(assigned), base, cpu_count=os.cpu_count())
+    threads = cpu_threads(len(assigned), base, cpu_count=physical_cores())
     workers = []
     for i, device in enumerate(assigned):
         argv = [python, "-m", "lrsearch.cli", "worker", "--study", study, "--n-trials", str(budget)]
@@ -196,6 +198,13 @@ def cpu_threads(n_workers: int, base: Mapping[str, str], *, cpu_count: int | Non
 
     Each torch process takes as many threads as there are cores; N workers on one machine then
     run N x cores threads that wait on each other (measured: a MobileNetV2 step 15x slower).
+    Every worker on the machine counts, whichever GPU it has.
+
+    Args:
+        n_workers: The workers of the launch.
+        base: The launcher's environment.
+        cpu_count: The cores to share (:func:`lrsearch.threads.physical_cores`: those this
+            process may run on, hyperthreads of one core once); ``None`` if unknown.
     """
     if "OMP_NUM_THREADS" in base or n_workers < 2:
         return None

@@ -110,15 +110,15 @@ def test_assign_devices_refuses(
         assign_devices(n_workers, devices)
 
 
-def test_workers_sharing_one_gpu_share_the_cpu_too() -> None:
+def test_workers_sharing_one_gpu_share_the_cpu_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("lrsearch.threads.physical_cores", lambda: 8)
     planned = plan_workers(
         study="s", url=URL, budget=8, n_workers=None, devices=["0"] * 4, base_env={}
     )
     assert [w.env["CUDA_VISIBLE_DEVICES"] for w in planned] == ["0"] * 4
     assert all(w.argv[-2:] == ("--device", "cuda") for w in planned)
     # Four processes on one machine, GPU or not: each gets a quarter of the cores.
-    threads = str(max(1, (os.cpu_count() or 1) // 4))
-    assert [w.env["OMP_NUM_THREADS"] for w in planned] == [threads] * 4
+    assert [w.env["OMP_NUM_THREADS"] for w in planned] == ["2"] * 4
 
 
 def test_workers_get_the_url_in_their_environment_never_on_their_command_line() -> None:
@@ -549,14 +549,16 @@ def test_cpu_threads_share_the_cores(
     assert cpu_threads(workers, env, cpu_count=cores) == expected
 
 
-def test_planned_workers_get_their_share_of_threads() -> None:
+def test_planned_workers_get_their_share_of_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     from lrsearch.launch import plan_workers
 
+    # The physical cores this process may use (affinity, hyperthreads once), not os.cpu_count().
+    monkeypatch.setattr("lrsearch.threads.physical_cores", lambda: 6)
+    monkeypatch.setattr("os.cpu_count", lambda: 12)
     planned = plan_workers(
         study="s", url="sqlite:///x.db", budget=4, n_workers=2, devices=None, base_env={}
     )
-    expected = str(max(1, (os.cpu_count() or 1) // 2))
-    assert [w.env["OMP_NUM_THREADS"] for w in planned] == [expected, expected]
+    assert [w.env["OMP_NUM_THREADS"] for w in planned] == ["3", "3"]
     mine = plan_workers(
         study="s",
         url="sqlite:///x.db",
