@@ -45,9 +45,10 @@ _EXPORTS = {
     "run_worker": "search",
     "load_trials": "analysis",
     "export_config": "export",
-    "load_config": "export",
-    "build_optimizer": "export",
     "to_python": "export",
+    # Torch only: what a user's training script imports (no Optuna, no SQLAlchemy).
+    "load_config": "config",
+    "build_optimizer": "config",
     "verify_trial": "verify",
 }
 
@@ -104,6 +105,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from lrsearch.analysis import load_trials
+    from lrsearch.config import build_optimizer, load_config
     from lrsearch.errors import (
         ExportError,
         GroupError,
@@ -114,7 +116,7 @@ if TYPE_CHECKING:
         StudyNotFoundError,
         TaskError,
     )
-    from lrsearch.export import build_optimizer, export_config, load_config, to_python
+    from lrsearch.export import export_config, to_python
     from lrsearch.groups import LayerGroups, build_param_groups, make_optimizer, resolve_groups
     from lrsearch.search import SearchSummary, TrialOutcome, run_search, run_worker
     from lrsearch.space import Sample, SearchSpace

@@ -74,6 +74,18 @@ def storage_option(f: F) -> F:
     )(with_file)
 
 
+def threads_option(f: F) -> F:
+    """``--threads N``: torch's CPU threads in a command that trains."""
+    return click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="N",
+        help="Torch CPU threads (default: torch's own if $OMP_NUM_THREADS is set, else one per "
+        "physical core this process may use). On a machine shared with other jobs, fewer.",
+    )(f)
+
+
 def study_option(f: F) -> F:
     return click.option("--study", "study", required=True, metavar="NAME", help="Study name.")(f)
 
@@ -107,6 +119,7 @@ def main(debug: bool) -> None:
     help="Start no new trial after this many seconds.",
 )
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
+@threads_option
 def run(
     spec_file: Path,
     storage: str | None,
@@ -114,12 +127,15 @@ def run(
     n_trials: int | None,
     timeout: float | None,
     device: str | None,
+    threads: int | None,
 ) -> None:
     """Run (or resume) the study in SPEC until its budget of trials is met."""
     from lrsearch.search import run_search
     from lrsearch.spec import load_spec
+    from lrsearch.threads import set_threads
 
     spec = load_spec(spec_file)
+    set_threads(threads)
     bar = _ProgressBar()
     try:
         previous: Any = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -263,10 +279,15 @@ def create(spec_file: Path, storage: str | None, study: str | None) -> None:
     help="The study's total budget of finished trials (default: the study's n_trials).",
 )
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
-def worker(storage: str | None, study: str, n_trials: int | None, device: str | None) -> None:
+@threads_option
+def worker(
+    storage: str | None, study: str, n_trials: int | None, device: str | None, threads: int | None
+) -> None:
     """Join a study and run its trials until its budget is met (SIGTERM: stop cleanly, exit 0)."""
     from lrsearch.search import run_worker
+    from lrsearch.threads import set_threads
 
+    set_threads(threads)
     summary = run_worker(storage, study, n_trials=n_trials, device=device, on_trial=_trial_line)
     click.echo(_summary_text(summary))
     stopped = [o.number for o in summary.outcomes if o.outcome == "interrupted"]
@@ -566,7 +587,9 @@ def _devices_option(ctx: click.Context, param: click.Parameter, value: str | Non
     default=None,
     metavar="LIST",
     callback=_devices_option,
-    help="GPUs, e.g. 0,1: one worker per GPU (CUDA_VISIBLE_DEVICES), round-robin if fewer.",
+    help="Each worker's GPU (its CUDA_VISIBLE_DEVICES), e.g. 0,1; repeat one to share it: "
+    "0,0,0,0 is 4 workers on GPU 0. With --workers N, a list without repeats is shared "
+    "round-robin.",
 )
 @storage_option
 @click.option("--study", "study", default=None, metavar="NAME", help="Default: [study] name.")
@@ -585,10 +608,12 @@ def launch(
     n_trials: int | None,
 ) -> None:
     """Create or check the study in SPEC and run N local workers on it, shown as one view."""
-    from lrsearch.launch import Launcher
+    from lrsearch.launch import Launcher, assign_devices
 
-    if n_workers is None and devices is None:
-        raise click.UsageError("give --workers N, or --devices to run one worker per GPU")
+    try:  # a usage error, before the study file is read
+        assign_devices(n_workers, devices)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     launcher = Launcher(
         spec_file,
         n_workers=n_workers,

@@ -4,8 +4,9 @@ The launcher creates (or checks) the study with ``lrsearch create``, then starts
 ``lrsearch worker`` and watches them:
 
 - **Devices.** With devices (``--devices 0,1``) each worker sees one GPU through
-  ``CUDA_VISIBLE_DEVICES`` and is told ``--device cuda``; workers take the devices in turn, so more
-  workers than GPUs share them round-robin.
+  ``CUDA_VISIBLE_DEVICES`` and is told ``--device cuda``. Each entry is one worker's GPU, so an
+  entry may repeat (``0,0,0,0``: four workers on GPU 0); a list without repeats is shared
+  round-robin by ``--workers`` (see :func:`assign_devices`).
 - **Secrets.** The storage URL reaches the processes in ``$LRSEARCH_STORAGE``, never on their
   command lines: any user can read a process's command line (``ps``, ``/proc/<pid>/cmdline``), only
   its owner its environment. Lines relayed from the workers have the password blotted out as well.
@@ -55,32 +56,37 @@ _TAIL_LINES = 5
 
 
 def parse_devices(text: str) -> list[str]:
-    """The devices in ``--devices``: comma-separated GPU indices or UUIDs (``0,1`` or ``GPU-...``).
+    """The devices in ``--devices``: comma-separated GPU indices or UUIDs, one per worker.
+
+    An entry may repeat: ``0,0,1,1`` is two workers on GPU 0 and two on GPU 1.
 
     Raises:
-        ValueError: An empty or repeated entry (several workers per GPU come from ``--workers``).
+        ValueError: An empty entry.
     """
     devices = [d.strip() for d in text.split(",")]
     if any(not d for d in devices):
-        raise ValueError(f"{text!r} has an empty entry; list GPUs like 0,1,2")
-    repeated = sorted({d for d in devices if devices.count(d) > 1})
-    if repeated:
-        raise ValueError(
-            f"{text!r} names {', '.join(repeated)} more than once; list each GPU once and use "
-            "--workers to put several workers on each"
-        )
+        raise ValueError(f"{text!r} has an empty entry; list GPUs like 0,1,2 (or 0,0 for two on 0)")
     return devices
 
 
 def assign_devices(n_workers: int | None, devices: Sequence[str] | None) -> list[str | None]:
-    """The device of each worker: round-robin over ``devices``, or ``None`` (the worker's default).
+    """The device of each worker, or ``None`` for each (the worker's default device).
+
+    ``devices`` is read as users write it. A list that names each GPU once is a set of GPUs that
+    ``n_workers`` share round-robin (``--workers 8 --devices 0,1``: four on each). A list that
+    repeats a GPU already says where every worker goes (``0,0,0,0``: four on GPU 0); a worker count
+    that disagrees with it would leave unclear which entries to drop or add, so it is refused.
 
     Args:
-        n_workers: How many workers; default one per device.
+        n_workers: How many workers; default one per entry of ``devices``.
         devices: GPU indices or UUIDs, or ``None`` for no per-worker device.
 
+    Returns:
+        One entry per worker: its ``CUDA_VISIBLE_DEVICES``, or ``None``.
+
     Raises:
-        ValueError: Neither is given, or a count below 1.
+        ValueError: Neither is given, a count below 1, or a count that disagrees with a list that
+            repeats a GPU.
     """
     if n_workers is None:
         if not devices:
@@ -90,6 +96,12 @@ def assign_devices(n_workers: int | None, devices: Sequence[str] | None) -> list
         raise ValueError(f"--workers must be at least 1, got {n_workers}")
     if not devices:
         return [None] * n_workers
+    if len(set(devices)) < len(devices) and n_workers != len(devices):
+        raise ValueError(
+            f"--devices {','.join(devices)} names a GPU more than once, so it places one worker "
+            f"per entry ({len(devices)}), but --workers is {n_workers}; drop --workers, or list "
+            "one entry per worker"
+        )
     return [devices[i % len(devices)] for i in range(n_workers)]
 
 
@@ -163,9 +175,11 @@ def plan_workers(
     Raises:
         ValueError: As :func:`assign_devices`.
     """
+    from lrsearch.threads import physical_cores
+
     base = os.environ if base_env is None else base_env
     assigned = assign_devices(n_workers, devices)
-    threads = cpu_threads(len(assigned), base, cpu_count=os.cpu_count())
+    threads = cpu_threads(len(assigned), base, cpu_count=physical_cores())
     workers = []
     for i, device in enumerate(assigned):
         argv = [python, "-m", "lrsearch.cli", "worker", "--study", study, "--n-trials", str(budget)]
@@ -184,6 +198,13 @@ def cpu_threads(n_workers: int, base: Mapping[str, str], *, cpu_count: int | Non
 
     Each torch process takes as many threads as there are cores; N workers on one machine then
     run N x cores threads that wait on each other (measured: a MobileNetV2 step 15x slower).
+    Every worker on the machine counts, whichever GPU it has.
+
+    Args:
+        n_workers: The workers of the launch.
+        base: The launcher's environment.
+        cpu_count: The cores to share (:func:`lrsearch.threads.physical_cores`: those this
+            process may run on, hyperthreads of one core once); ``None`` if unknown.
     """
     if "OMP_NUM_THREADS" in base or n_workers < 2:
         return None

@@ -10,12 +10,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
+import torch
+import toy_tasks
 from click.testing import CliRunner, Result
 from conftest import RUN_PREFIX, TESTS_DIR, to_toml, toy_spec_data
 from toy_tasks import ToyNet
@@ -248,6 +250,90 @@ def test_the_default_device_runs(sqlite_url: str, study_name: str, make_spec: Sp
     spec = make_spec(study_name, study={"n_trials": 1})
     result = invoke("run", str(spec), "--storage", sqlite_url)
     assert result.exit_code == 0, result.output
+
+
+@pytest.fixture
+def threads_seen() -> Iterator[list[int]]:
+    """Torch's CPU threads each time ``toy_tasks:thread_recording`` built a model (the search builds
+    one to resolve the groups, then one per trial); the test process's threads are put back
+    afterwards (``--threads`` sets them for the whole process)."""
+    before = torch.get_num_threads()
+    toy_tasks.THREADS_SEEN.clear()
+    try:
+        yield toy_tasks.THREADS_SEEN
+    finally:
+        torch.set_num_threads(before)
+
+
+def _recording_spec(make_spec: SpecWriter, name: str, n_trials: int) -> Path:
+    return make_spec(
+        name, study={"n_trials": n_trials}, task={"entry": "toy_tasks:thread_recording"}
+    )
+
+
+def test_run_threads_sets_torch_threads_before_training(
+    threads_seen: list[int], sqlite_url: str, study_name: str, make_spec: SpecWriter
+) -> None:
+    torch.set_num_threads(1)
+    spec = _recording_spec(make_spec, study_name, 2)
+    result = invoke("run", str(spec), "--storage", sqlite_url, "--device", "cpu", "--threads", "2")
+    assert result.exit_code == 0, result.output
+    assert threads_seen and set(threads_seen) == {2}  # every model built
+
+
+def test_worker_threads_sets_torch_threads_before_training(
+    threads_seen: list[int], sqlite_url: str, study_name: str, make_spec: SpecWriter
+) -> None:
+    torch.set_num_threads(1)
+    spec = _recording_spec(make_spec, study_name, 1)
+    assert invoke("create", str(spec), "--storage", sqlite_url).exit_code == 0
+    threads_seen.clear()  # create builds the model too, to check the groups
+    args = ("--study", study_name, "--storage", sqlite_url, "--device", "cpu", "--threads", "3")
+    result = invoke("worker", *args)
+    assert result.exit_code == 0, result.output
+    assert threads_seen and set(threads_seen) == {3}
+
+
+@pytest.mark.parametrize(
+    ("omp", "expected"),
+    [
+        ("1", 3),  # $OMP_NUM_THREADS set (as launch does): torch is left with what it has
+        (None, 2),  # else one thread per physical core this process may use
+    ],
+)
+def test_run_default_threads(
+    omp: str | None,
+    expected: int,
+    threads_seen: list[int],
+    sqlite_url: str,
+    study_name: str,
+    make_spec: SpecWriter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("lrsearch.threads.physical_cores", lambda *a, **k: 2)
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    torch.set_num_threads(3)
+    spec = _recording_spec(make_spec, study_name, 1)
+    result = invoke("run", str(spec), "--storage", sqlite_url, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert threads_seen and set(threads_seen) == {expected}
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+@pytest.mark.parametrize("command", ["run", "worker"])
+def test_bad_threads_is_a_usage_error(
+    command: str, value: str, make_spec: SpecWriter, tmp_path: Path
+) -> None:
+    db = tmp_path / "studies.db"
+    where = [str(make_spec())] if command == "run" else ["--study", "toy"]
+    result = invoke(command, *where, "--storage", f"sqlite:///{db}", "--threads", value)
+    assert result.exit_code == 2, result.output  # bad usage, as the README's exit codes say
+    assert "Invalid value for '--threads'" in result.stderr
+    assert "Traceback" not in result.output
+    assert not db.exists()  # refused before anything ran
 
 
 def _console_script() -> Path:

@@ -17,8 +17,9 @@ import pytest
 import torch
 from torch import nn
 
+from lrsearch.config import SCHEMA, build_optimizer, load_config
 from lrsearch.errors import ExportError, StudyNotFoundError, TrialFailure
-from lrsearch.export import SCHEMA, build_optimizer, export_config, load_config, to_python
+from lrsearch.export import export_config, to_python
 from lrsearch.search import run_search
 from lrsearch.spec import StudySpec
 from lrsearch.storage import open_storage, trial_lrs

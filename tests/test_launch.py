@@ -54,6 +54,9 @@ LAUNCH_TIMEOUT_S = 180
         ("0,1", ["0", "1"]),
         (" 2 , 3 ", ["2", "3"]),
         ("GPU-8f2a,MIG-1", ["GPU-8f2a", "MIG-1"]),
+        # Each entry is one worker's GPU: a repeat puts several workers on one GPU.
+        ("0,0,0,0", ["0", "0", "0", "0"]),
+        ("0,1,0", ["0", "1", "0"]),
     ],
 )
 def test_parse_devices(text: str, expected: list[str]) -> None:
@@ -62,7 +65,7 @@ def test_parse_devices(text: str, expected: list[str]) -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("", "empty entry"), ("0,,1", "empty entry"), ("0,1,0", "names 0 more than once")],
+    [("", "empty entry"), ("0,,1", "empty entry"), ("0,0,", "empty entry")],
 )
 def test_parse_devices_refuses(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -77,6 +80,10 @@ def test_parse_devices_refuses(text: str, message: str) -> None:
         (5, ["0", "1"], ["0", "1", "0", "1", "0"]),
         (1, ["3", "5"], ["3"]),
         (3, ["GPU-a"], ["GPU-a"] * 3),
+        # A list that repeats a GPU is the layout itself, one worker per entry.
+        (None, ["0", "0", "0", "0"], ["0"] * 4),
+        (4, ["0", "0", "0", "0"], ["0"] * 4),
+        (None, ["0", "0", "1"], ["0", "0", "1"]),
     ],
 )
 def test_assign_devices_round_robin(
@@ -85,10 +92,33 @@ def test_assign_devices_round_robin(
     assert assign_devices(n_workers, devices) == expected
 
 
-@pytest.mark.parametrize(("n_workers", "devices"), [(None, None), (None, []), (0, None)])
-def test_assign_devices_refuses(n_workers: int | None, devices: list[str] | None) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("n_workers", "devices", "message"),
+    [
+        (None, None, "give --workers N"),
+        (None, [], "give --workers N"),
+        (0, None, "at least 1"),
+        # More or fewer workers than a list with repeats: which entries go or come is a guess.
+        (2, ["0", "0", "0", "0"], "--devices 0,0,0,0 names a GPU more than once.*--workers is 2"),
+        (8, ["0", "0", "1"], r"one worker per entry \(3\), but --workers is 8"),
+    ],
+)
+def test_assign_devices_refuses(
+    n_workers: int | None, devices: list[str] | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
         assign_devices(n_workers, devices)
+
+
+def test_workers_sharing_one_gpu_share_the_cpu_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("lrsearch.threads.physical_cores", lambda: 8)
+    planned = plan_workers(
+        study="s", url=URL, budget=8, n_workers=None, devices=["0"] * 4, base_env={}
+    )
+    assert [w.env["CUDA_VISIBLE_DEVICES"] for w in planned] == ["0"] * 4
+    assert all(w.argv[-2:] == ("--device", "cuda") for w in planned)
+    # Four processes on one machine, GPU or not: each gets a quarter of the cores.
+    assert [w.env["OMP_NUM_THREADS"] for w in planned] == ["2"] * 4
 
 
 def test_workers_get_the_url_in_their_environment_never_on_their_command_line() -> None:
@@ -204,7 +234,8 @@ def test_exit_code(
     [
         ([], "give --workers N, or --devices"),
         (["--devices", "0,,1"], "empty entry"),
-        (["--devices", "1,1"], "more than once"),
+        (["--devices", "0,0,0,0", "--workers", "2"], "but --workers is 2"),
+        (["--workers", "3", "--devices", "1,1"], "drop --workers, or list one entry per worker"),
         (["--workers", "0"], "0 is not in the range"),
     ],
 )
@@ -271,6 +302,30 @@ def test_a_failing_worker_fails_the_launch_and_is_named(
     assert "[w0] worker on device 0 storage postgresql+psycopg://lr:***@127.0.0.1:1/none" in out
     assert "[w1] lrsearch: error: boom on device 1" in err
     assert "s3cret" not in out + err
+
+
+def test_workers_sharing_one_gpu_are_each_started_on_it(
+    fake_python: str,
+    make_spec: SpecWriter,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    command = main.get_command(click.Context(main), "launch")
+    assert command is not None
+    parsed = command.make_context("launch", [str(make_spec()), "--devices", "0,0,0"])
+    assert parsed.params["devices"] == ["0", "0", "0"]  # as the CLI reads it
+    launcher = Launcher(
+        make_spec(), n_workers=parsed.params["n_workers"], devices=parsed.params["devices"],
+        storage=f"sqlite:///{tmp_path / 'none.db'}", python=fake_python, progress=False,
+    )  # fmt: skip
+    result = launcher.run()
+    assert result.exit_code == 0 and [w.returncode for w in result.workers] == [0, 0, 0]
+    assert len({w.pid for w in result.workers}) == 3
+    out = capsys.readouterr().out
+    for name in ("w0", "w1", "w2"):
+        assert f"[{name}] worker on device 0 " in out
 
 
 def test_workers_that_ignore_the_stop_are_killed(
@@ -494,14 +549,16 @@ def test_cpu_threads_share_the_cores(
     assert cpu_threads(workers, env, cpu_count=cores) == expected
 
 
-def test_planned_workers_get_their_share_of_threads() -> None:
+def test_planned_workers_get_their_share_of_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     from lrsearch.launch import plan_workers
 
+    # The physical cores this process may use (affinity, hyperthreads once), not os.cpu_count().
+    monkeypatch.setattr("lrsearch.threads.physical_cores", lambda: 6)
+    monkeypatch.setattr("os.cpu_count", lambda: 12)
     planned = plan_workers(
         study="s", url="sqlite:///x.db", budget=4, n_workers=2, devices=None, base_env={}
     )
-    expected = str(max(1, (os.cpu_count() or 1) // 2))
-    assert [w.env["OMP_NUM_THREADS"] for w in planned] == [expected, expected]
+    assert [w.env["OMP_NUM_THREADS"] for w in planned] == ["3", "3"]
     mine = plan_workers(
         study="s",
         url="sqlite:///x.db",

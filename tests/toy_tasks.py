@@ -113,3 +113,17 @@ def sleepy(sleep_s: float = 0.05, n_train: int = 64) -> TensorClassificationTask
 def typo_inside(n_train: int = 64) -> TensorClassificationTask:
     """A factory whose own code has a bug that raises TypeError (not a bad keyword argument)."""
     return tiny(n_train=n_train, hidden="8" + 1)  # type: ignore[operator]
+
+
+THREADS_SEEN: list[int] = []
+
+
+def thread_recording(n_train: int = 64) -> TensorClassificationTask:
+    """``tiny``, appending torch's threads to ``THREADS_SEEN`` as each trial builds its model."""
+    base = tiny(n_train=n_train)
+
+    def model_fn() -> nn.Module:
+        THREADS_SEEN.append(torch.get_num_threads())
+        return base.model_fn()
+
+    return TensorClassificationTask(model_fn, base.x_train, base.y_train, base.x_val, base.y_val)
