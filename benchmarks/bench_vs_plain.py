@@ -22,9 +22,11 @@ layers) and the same batches:
   whatever the weights, so it cancels out with the model's set-up and the first ``warm_steps``
   steps (the warm-up); what is left is steady-state training. The plain loop also times its steps
   after the warm-up directly (``in_loop_seconds_per_step``, a check of the method) and its
-  evaluation apart (``eval_seconds``). Before the repeats each engine runs one untimed short trial
-  (the process's first kernels, allocations, autotuning). CUDA is synchronised before every clock
-  read. The figure is the median over repeats; ``ratio`` = lrsearch / plain (target <= 1.2).
+  evaluation apart (``eval_seconds``). The process's CPU seconds are differenced the same way
+  (``cpu_ratio``): on a CPU shared with other jobs they vary far less than wall time. Before the
+  repeats each engine runs one untimed short trial (the process's first kernels, allocations,
+  autotuning). CUDA is synchronised before every clock read. The figure is the median over
+  repeats; ``ratio`` = lrsearch / plain in wall seconds (target <= 1.2).
 - **sweep**: one learning rate for every trained group (the embeddings frozen, as in the
   searches), ``--sweep-rates`` rates log-spaced over the searched range, each trained once with
   ``lrsearch.train_trial`` and seed 0; its best validation accuracy is the *single-rate best*.
@@ -161,6 +163,7 @@ SIZES = {
 class PlainResult:
     value: float
     seconds: float  # the whole trial: model, training, evaluation
+    cpu_seconds: float  # the process's CPU time over the same span
     step_seconds: float  # the steps after the first warm_steps, timed in the loop
     timed_steps: int
     eval_seconds: float
@@ -201,7 +204,7 @@ def plain_trial(
     user's loop that knows nothing of freezing has them, instead of ``requires_grad=False``.
     """
     _sync(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     torch.manual_seed(seed)  # dropout
     generator = torch.Generator().manual_seed(seed)  # data order
     model: nn.Module = task.build_model().to(device)
@@ -239,6 +242,7 @@ def plain_trial(
     return PlainResult(
         value=value,
         seconds=end - start,
+        cpu_seconds=time.process_time() - cpu_start,
         step_seconds=eval_start - step_start,
         timed_steps=steps - warm_steps,
         eval_seconds=end - eval_start,
@@ -259,18 +263,25 @@ def train_section(sizes: Sizes, steps: int, per_epoch: int) -> TrainSection:
     )
 
 
+@dataclass(frozen=True)
+class Timed:
+    seconds: float  # wall, CUDA synchronised
+    cpu_seconds: float
+    result: lrsearch.TrainResult
+
+
 def lrsearch_trial(
     task: Any, groups: lrsearch.LayerGroups, lrs: dict[str, float], cfg: TrainSection, **kw: Any
-) -> tuple[float, lrsearch.TrainResult]:
-    """Wall seconds (CUDA synchronised) and result of one ``lrsearch.train_trial``."""
+) -> Timed:
+    """One ``lrsearch.train_trial``, timed."""
     device = kw["device"]
     _sync(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = lrsearch.train_trial(
         task, groups, lrsearch.Sample(lrs=lrs, weight_decay=None), cfg, **kw
     )
     _sync(device)
-    return time.perf_counter() - start, result
+    return Timed(time.perf_counter() - start, time.process_time() - cpu_start, result)
 
 
 # --- the phases ---------------------------------------------------------------------------------
@@ -312,25 +323,27 @@ def steps_phase(task: Any, groups: Any, sizes: Sizes, device: torch.device) -> d
     while len(repeats) < sizes.repeats and (not repeats or box.fits()):
         began = time.perf_counter()
         p_short = plain_trial(task, groups, STEP_LRS, steps=sizes.warm_steps, **common)
-        l_short, _ = lrsearch_trial(task, groups, STEP_LRS, short, device=device, seed=0)
+        l_short = lrsearch_trial(task, groups, STEP_LRS, short, device=device, seed=0)
         _reset_peak(device)
         p_long = plain_trial(
             task, groups, STEP_LRS, steps=sizes.steps, warm_steps=sizes.warm_steps, **common
         )
         peak["plain"] = max(peak.get("plain", 0.0), _peak_mb(device))
         _reset_peak(device)
-        l_long, result = lrsearch_trial(task, groups, STEP_LRS, long, device=device, seed=0)
+        l_long = lrsearch_trial(task, groups, STEP_LRS, long, device=device, seed=0)
         peak["lrsearch"] = max(peak.get("lrsearch", 0.0), _peak_mb(device))
-        values = {"plain": p_long.value, "lrsearch": result.value}
-        precision = result.precision
+        values = {"plain": p_long.value, "lrsearch": l_long.result.value}
+        precision = l_long.result.precision
         repeats.append(
             {
                 "plain_short_s": p_short.seconds,
                 "plain_long_s": p_long.seconds,
-                "lrsearch_short_s": l_short,
-                "lrsearch_long_s": l_long,
+                "lrsearch_short_s": l_short.seconds,
+                "lrsearch_long_s": l_long.seconds,
                 "plain_s_per_step": (p_long.seconds - p_short.seconds) / extra,
-                "lrsearch_s_per_step": (l_long - l_short) / extra,
+                "lrsearch_s_per_step": (l_long.seconds - l_short.seconds) / extra,
+                "plain_cpu_s_per_step": (p_long.cpu_seconds - p_short.cpu_seconds) / extra,
+                "lrsearch_cpu_s_per_step": (l_long.cpu_seconds - l_short.cpu_seconds) / extra,
                 "plain_in_loop_s_per_step": p_long.step_seconds / p_long.timed_steps,
                 "plain_eval_s": p_long.eval_seconds,
             }
@@ -338,6 +351,8 @@ def steps_phase(task: Any, groups: Any, sizes: Sizes, device: torch.device) -> d
         box.last = time.perf_counter() - began
     plain = _median([r["plain_s_per_step"] for r in repeats])
     ours = _median([r["lrsearch_s_per_step"] for r in repeats])
+    plain_cpu = _median([r["plain_cpu_s_per_step"] for r in repeats])
+    our_cpu = _median([r["lrsearch_cpu_s_per_step"] for r in repeats])
     out: dict[str, Any] = {
         "lrs": STEP_LRS,
         "short_steps": sizes.warm_steps,
@@ -349,6 +364,11 @@ def steps_phase(task: Any, groups: Any, sizes: Sizes, device: torch.device) -> d
         "ratio": ours / plain,
         "target": TARGET,
         "target_met": ours / plain <= TARGET,
+        # The process's CPU seconds, the same way: on a CPU shared with other jobs they vary far
+        # less than wall time (on a GPU they only count the host's side).
+        "plain_cpu_seconds_per_step": plain_cpu,
+        "lrsearch_cpu_seconds_per_step": our_cpu,
+        "cpu_ratio": our_cpu / plain_cpu,
         "plain_in_loop_seconds_per_step": _median([r["plain_in_loop_s_per_step"] for r in repeats]),
         "plain_eval_seconds": _median([r["plain_eval_s"] for r in repeats]),
         # Model set-up and the final evaluation (and the warm-up steps' excess over steady state).
@@ -390,8 +410,8 @@ def sweep_phase(task: Any, groups: Any, sizes: Sizes, device: torch.device) -> d
         lrs = {g: 0.0 if g == FROZEN else lr for g in groups.names}
         began = time.perf_counter()
         try:
-            seconds, result = lrsearch_trial(task, groups, lrs, cfg, device=device, seed=0)
-            runs.append({"lr": lr, "value": result.value, "seconds": seconds})
+            timed = lrsearch_trial(task, groups, lrs, cfg, device=device, seed=0)
+            runs.append({"lr": lr, "value": timed.result.value, "seconds": timed.seconds})
         except Exception as e:  # a rate that diverges (TrialFailure) is a result, not a crash
             print(f"  sweep: lr {lr:.2e} failed: {e}", flush=True)
             runs.append({"lr": lr, "value": None, "failed": f"{type(e).__name__}: {e}"})
@@ -585,6 +605,7 @@ def run(sizes: Sizes, device: torch.device) -> dict[str, Any]:
             "plain_seconds_per_step": steps["plain_seconds_per_step"],
             "lrsearch_seconds_per_step": steps["lrsearch_seconds_per_step"],
             "ratio": steps["ratio"],
+            "cpu_ratio": steps["cpu_ratio"],
             "target": TARGET,
             "target_met": steps["target_met"],
             "single_rate_best": threshold,
@@ -607,6 +628,7 @@ def _timed(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 def print_table(report: dict[str, Any]) -> None:
     s, st, phases = report["summary"], report["settings"], report["phases"]
+    steps = phases["steps"]
     print(
         f"\nMiniLM on {report['machine']['device']}: {st['n_train']} reviews, seq {st['seq_len']}, "
         f"batch {st['batch_size']}, {st['steps']} steps per trial ({report['size']} size)"
@@ -620,6 +642,12 @@ def print_table(report: dict[str, Any]) -> None:
             _fmt(s["plain_seconds_per_step"], ".4f"),
             _fmt(s["lrsearch_seconds_per_step"], ".4f"),
             f"{_fmt(s['ratio'], '.3f')}  (target <= {TARGET}: {met})",
+        ),
+        (
+            "CPU seconds per training step",
+            _fmt(steps["plain_cpu_seconds_per_step"], ".4f"),
+            _fmt(steps["lrsearch_cpu_seconds_per_step"], ".4f"),
+            _fmt(s["cpu_ratio"], ".3f"),
         ),
         (
             "trials per hour",

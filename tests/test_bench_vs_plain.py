@@ -124,6 +124,8 @@ def test_tiny_run_on_the_cpu_writes_a_complete_record(bench: ModuleType, tmp_pat
     for key in (
         "plain_seconds_per_step",
         "lrsearch_seconds_per_step",
+        "plain_cpu_seconds_per_step",
+        "lrsearch_cpu_seconds_per_step",
         "plain_in_loop_seconds_per_step",
         "plain_eval_seconds",
     ):
@@ -134,6 +136,9 @@ def test_tiny_run_on_the_cpu_writes_a_complete_record(bench: ModuleType, tmp_pat
     )
     assert steps["ratio"] == pytest.approx(
         steps["lrsearch_seconds_per_step"] / steps["plain_seconds_per_step"]
+    )
+    assert steps["cpu_ratio"] == pytest.approx(
+        steps["lrsearch_cpu_seconds_per_step"] / steps["plain_cpu_seconds_per_step"]
     )
     assert steps["target_met"] == (steps["ratio"] <= 1.2)
     # The same model, batches, seed and rates in fp32: both loops train the same weights.
