@@ -320,18 +320,29 @@ def steps_phase(task: Any, groups: Any, sizes: Sizes, device: torch.device) -> d
     peak: dict[str, float] = {}
     values: dict[str, float] = {}
     precision = "?"
+
+    def run_plain(n: int) -> PlainResult:
+        warm = sizes.warm_steps if n > sizes.warm_steps else 0
+        return plain_trial(task, groups, STEP_LRS, steps=n, warm_steps=warm, **common)
+
+    def run_ours(n: int) -> Timed:
+        cfg = long if n > sizes.warm_steps else short
+        return lrsearch_trial(task, groups, STEP_LRS, cfg, device=device, seed=0)
+
+    engines: dict[str, Callable[[int], Any]] = {"plain": run_plain, "lrsearch": run_ours}
     while len(repeats) < sizes.repeats and (not repeats or box.fits()):
         began = time.perf_counter()
-        p_short = plain_trial(task, groups, STEP_LRS, steps=sizes.warm_steps, **common)
-        l_short = lrsearch_trial(task, groups, STEP_LRS, short, device=device, seed=0)
-        _reset_peak(device)
-        p_long = plain_trial(
-            task, groups, STEP_LRS, steps=sizes.steps, warm_steps=sizes.warm_steps, **common
-        )
-        peak["plain"] = max(peak.get("plain", 0.0), _peak_mb(device))
-        _reset_peak(device)
-        l_long = lrsearch_trial(task, groups, STEP_LRS, long, device=device, seed=0)
-        peak["lrsearch"] = max(peak.get("lrsearch", 0.0), _peak_mb(device))
+        # Which engine goes first alternates, so that neither always follows the other's trial.
+        order = list(engines) if len(repeats) % 2 == 0 else list(engines)[::-1]
+        got: dict[tuple[str, int], Any] = {}
+        for n in (sizes.warm_steps, sizes.steps):
+            for name in order:
+                _reset_peak(device)
+                got[name, n] = engines[name](n)
+                if n == sizes.steps:
+                    peak[name] = max(peak.get(name, 0.0), _peak_mb(device))
+        p_short, p_long = got["plain", sizes.warm_steps], got["plain", sizes.steps]
+        l_short, l_long = got["lrsearch", sizes.warm_steps], got["lrsearch", sizes.steps]
         values = {"plain": p_long.value, "lrsearch": l_long.result.value}
         precision = l_long.result.precision
         repeats.append(
