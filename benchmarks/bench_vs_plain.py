@@ -60,7 +60,8 @@ Run::
 
     python benchmarks/bench_vs_plain.py --quick --device cpu      # ~1 minute on a 2-core CPU
     python benchmarks/bench_vs_plain.py --device cuda             # the default GPU size
-    python benchmarks/bench_vs_plain.py --device cuda --n-train 8000 --seq-len 128 --steps 250
+    python benchmarks/bench_vs_plain.py --device cuda --n-train 8000 --seq-len 128 --steps 250 \\
+        --repeats 2 --trials 5 --sweep-rates 3 --max-seconds 20   # realistic sizes, ~1.5 min
 
 Results go to ``benchmarks/results/vs_plain_<device>.json`` (``--out``) with the commit and the
 machine. Sizes default to the device's (``quick`` on a CPU, ``default`` on CUDA, see ``SIZES``);
