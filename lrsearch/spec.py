@@ -105,7 +105,8 @@ class TrainSection:
     grad_clip: float | None = None
     momentum: float = 0.9
     freeze_batchnorm: bool = True
-    # Trials trained together in one stacked model step (lrsearch.training.stacked); 1 = one at a time.
+    # Trials trained together in one stacked model step (lrsearch.training.stacked); 1 = one at a
+    # time.
     # Pays on a GPU with a small model; trials that cannot stack fall back to one at a time.
     batch_trials: int = 1
     prefix_cache: bool = False
