@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import subprocess
@@ -50,3 +51,14 @@ def machine() -> dict[str, Any]:
         "optuna": optuna.__version__,
         "sqlalchemy": sqlalchemy.__version__,
     }
+
+
+def clean(value: Any) -> Any:
+    """``value`` with every non-finite float made ``None``: the JSON stays standard."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    return value

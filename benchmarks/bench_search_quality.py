@@ -703,17 +703,6 @@ def machine(device: str) -> dict[str, Any]:
     return info
 
 
-def _clean(value: Any) -> Any:
-    """``value`` with every non-finite float made ``None``: the JSON stays standard."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 # --- the whole benchmark --------------------------------------------------------------------------
 
 
@@ -830,7 +819,7 @@ def show(report: dict[str, Any], out: Path) -> Path:
 
 def _write(report: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_clean(report), indent=2) + "\n", encoding="utf-8")
+    out.write_text(json.dumps(_common.clean(report), indent=2) + "\n", encoding="utf-8")
 
 
 def write_json(

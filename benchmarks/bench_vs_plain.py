@@ -691,17 +691,6 @@ def _fmt(value: float | None, spec: str, missing: str = "-") -> str:
     return missing if value is None else format(value, spec)
 
 
-def _clean(value: Any) -> Any:
-    """``value`` with every non-finite float made ``None``: the JSON stays standard."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -781,7 +770,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **figures,
         "total_seconds": time.perf_counter() - start,
     }
-    report = _clean(report)
+    report = _common.clean(report)
     print_table(report)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

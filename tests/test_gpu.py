@@ -5,7 +5,6 @@ Skipped without CUDA; run with ``pytest -m gpu`` on a GPU machine.
 
 from __future__ import annotations
 
-import gc
 import math
 from dataclasses import dataclass, replace
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from toy_tasks import cuda_allocated
 
 from lrsearch.errors import TrialFailure
 from lrsearch.groups import LayerGroups, resolve_groups
@@ -156,12 +156,6 @@ class OomTask(LossTask):
         return super().loss(model, batch)
 
 
-def _allocated() -> int:
-    gc.collect()
-    torch.cuda.synchronize()
-    return torch.cuda.memory_allocated()
-
-
 def test_real_oom_is_a_trial_failure_and_frees_the_trial() -> None:
     # Wide enough (4096 x 4096 weights: 64 MiB, as much again for momentum) that a leak shows.
     task = make_task(width=4096, cls=OomTask)
@@ -172,14 +166,14 @@ def test_real_oom_is_a_trial_failure_and_frees_the_trial() -> None:
     task.calls = 10
     train_trial(task, groups, lrs, cfg(max_steps=2), device="cuda")
     task.calls = 0
-    before = _allocated()
+    before = cuda_allocated()
     with pytest.raises(TrialFailure) as info:
         train_trial(task, groups, lrs, cfg(), device="cuda")
     assert "out of memory" in info.value.reason
     assert "batch_size = 32" in info.value.reason
     assert info.value.diverged is False
     assert task.calls == 2  # one step trained (optimizer state allocated), then the OOM
-    assert _allocated() <= before + 4 * MiB
+    assert cuda_allocated() <= before + 4 * MiB
     # And the GPU is usable at once for the next trial.
     task.calls = 10
     result = train_trial(task, groups, lrs, cfg(max_steps=2), device="cuda")

@@ -5,7 +5,6 @@ Skipped without CUDA; run with ``pytest -m gpu`` on a GPU machine (``benchmarks/
 
 from __future__ import annotations
 
-import gc
 import math
 import warnings
 from dataclasses import dataclass, replace
@@ -15,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from toy_tasks import cuda_allocated
 
 from lrsearch.errors import TrialFailure
 from lrsearch.groups import LayerGroups, resolve_groups
@@ -148,12 +148,6 @@ class OomTask(ScoredLoss):
         return super().loss(model, batch)
 
 
-def _allocated() -> int:
-    gc.collect()
-    torch.cuda.synchronize()
-    return torch.cuda.memory_allocated()
-
-
 def test_oom_in_a_batch_fails_every_copy_and_frees_the_memory() -> None:
     task = make_task(width=2048, cls=OomTask)
     assert isinstance(task, OomTask)
@@ -164,7 +158,7 @@ def test_oom_in_a_batch_fails_every_copy_and_frees_the_memory() -> None:
         task, groups, SAMPLES, cfg(max_steps=2), device="cuda", seeds=[0, 1, 2], reports=[None] * 3
     )
     task.calls = 0
-    before = _allocated()
+    before = cuda_allocated()
     results = trainer.train_many(
         task, groups, SAMPLES, cfg(), device="cuda", seeds=[0, 1, 2], reports=[None] * 3
     )
@@ -172,7 +166,7 @@ def test_oom_in_a_batch_fails_every_copy_and_frees_the_memory() -> None:
     assert len(failures) == 3, results
     assert all("out of memory with 3 trials batched" in f.reason for f in failures)
     torch.cuda.empty_cache()
-    assert _allocated() <= before + 4 * 2**20
+    assert cuda_allocated() <= before + 4 * 2**20
 
 
 def test_prefix_cache_hit_equals_miss_on_cuda_and_stays_on_the_device() -> None:

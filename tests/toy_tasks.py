@@ -127,3 +127,12 @@ def thread_recording(n_train: int = 64) -> TensorClassificationTask:
         return base.model_fn()
 
     return TensorClassificationTask(model_fn, base.x_train, base.y_train, base.x_val, base.y_val)
+
+
+def cuda_allocated() -> int:
+    """Bytes the CUDA caching allocator holds for live tensors, after a collection and a sync."""
+    import gc
+
+    gc.collect()
+    torch.cuda.synchronize()
+    return torch.cuda.memory_allocated()

@@ -30,10 +30,7 @@ def evaluate(task: Task, model: nn.Module, batches: Iterable[Batch]) -> float:
 
 def ratio(total: torch.Tensor | None) -> float:
     """``sum / count`` of a ``[sum, count]`` total (0 when nothing was scored)."""
-    if total is None:
-        return 0.0
-    done, count = total.tolist()
-    return float(done / max(count, 1.0))
+    return ratios(None if total is None else total[None], 1)[0]
 
 
 def ratios(totals: torch.Tensor | None, copies: int) -> list[float]:
