@@ -22,7 +22,8 @@ Semantics worth knowing:
   would.
 - **Precision.** ``auto`` is bf16 autocast on a GPU that supports it, else fp16 autocast with a
   ``GradScaler`` (gradients unscaled before clipping); fp32 on the CPU. On CUDA, AdamW and Adam
-  run fused (one kernel for every parameter).
+  run fused (one kernel for every parameter), and attention never runs through cuDNN's kernel,
+  whose host cost per call was most of a MiniLM step's (``common.attention``).
 - **Divergence.** A NaN/inf loss or metric ends the trial with ``TrialFailure(diverged=True)``.
   On the CPU the loss is checked at every step; on a GPU the check stays on the device and is
   read at evaluation points and every ``SYNC_EVERY`` steps, so no step waits for the GPU.
@@ -47,10 +48,10 @@ from lrsearch.training.common import (
     Divergence,
     Plan,
     Report,
-    autocast,
     check_metric,
     epochs,
     frozen_batchnorms,
+    kernels,
     resolve_precision,
     schedule_factor,
 )
@@ -135,7 +136,8 @@ class Trial:
         self.sync_now = device.type != "cuda"  # a CPU step waits for nothing anyway
 
     def autocast(self) -> Any:
-        return autocast(self.precision, self.device)
+        # With the attention kernels chosen for the device (see common.attention).
+        return kernels(self.precision, self.device)
 
     def cached_features(
         self, trainer: Trainer, task: _prefix.StagedTask
