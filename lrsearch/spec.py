@@ -109,7 +109,8 @@ class TrainSection:
     # time.
     # Pays on a GPU with a small model; trials that cannot stack fall back to one at a time.
     batch_trials: int = 1
-    prefix_cache: bool = False
+    # true, false, or "auto": per prefix, cached only where a timed trial shows it pays.
+    prefix_cache: bool | Literal["auto"] = False
     cache_mb: int = 512
     cache_dir: str | None = None
 
@@ -597,7 +598,12 @@ class _Reader:
         momentum = self.take(s, t, "momentum", float, d.momentum, minimum=0.0)
         freeze_bn = self.take(s, t, "freeze_batchnorm", bool, d.freeze_batchnorm)
         batch_trials = self.take(s, t, "batch_trials", int, d.batch_trials, minimum=1)
-        prefix_cache = self.take(s, t, "prefix_cache", bool, d.prefix_cache)
+        prefix_cache = self.take(s, t, "prefix_cache", (bool, str), d.prefix_cache)
+        if isinstance(prefix_cache, str) and prefix_cache != "auto":
+            self.problem(
+                "[train] prefix_cache", f'must be true, false or "auto"; got {prefix_cache!r}'
+            )
+            prefix_cache = d.prefix_cache
         cache_mb = self.take(s, t, "cache_mb", int, d.cache_mb, minimum=1)
         cache_dir = self.take(s, t, "cache_dir", str, None)
         if cache_dir is not None and not cache_dir.strip():

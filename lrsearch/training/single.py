@@ -115,6 +115,7 @@ class Trial:
         self.prefix_eval = False
         self.rest: nn.Module = self.model
         self.features: _prefix.Features | None = None
+        self.auto_key: tuple[str, ...] | None = None  # timed for prefix_cache = "auto"
         if self.staged is not None and self.optimizer is not None:
             self.prefix = _prefix.frozen_prefix(self.staged, self.model)
         if self.staged is not None and self.prefix:
@@ -152,6 +153,10 @@ class Trial:
         # In every trial with the option on, cached or not: a result never depends on a hit.
         self.prefix_eval = True
         self.train_mode()
+        if self.cfg.prefix_cache == "auto":
+            self.auto_key = trainer.cache.key(task, self.prefix, self.precision, self.device)
+            if not trainer.auto.use(self.auto_key):
+                return None  # the prefix runs in eval mode each step, as when cached
         limit = self.cfg.cache_mb * 2**20
         return trainer.cache.lookup(
             task,
