@@ -322,20 +322,18 @@ def _group_size(model: nn.Module, patterns: Sequence[str]) -> int:
 def _tree_lines(model: nn.Module, container: str | None) -> list[str]:
     """``#   path   count`` for every module with parameters, down to one level below the blocks."""
     limit = (container.count(".") + 2) if container else 2
-    rows = []
+    rows = [("(whole model)", _param_count(model))]
     for path, module in model.named_modules():
         depth = path.count(".") + 1 if path else 0
-        if not path or depth > limit:
-            continue
-        count = _param_count(module)
+        count = _param_count(module) if path and depth <= limit else 0
         if count:
-            rows.append(
-                f"#   {'  ' * (depth - 1)}{path:<{max(1, 48 - 2 * depth)}} {_count(count):>8}"
-            )
-    rows.insert(0, f"#   {'(whole model)':<46} {_count(_param_count(model)):>8}")
-    if len(rows) > _MAX_TREE_LINES:
-        rows = [*rows[: _MAX_TREE_LINES - 1], f"#   ... and {len(rows) - _MAX_TREE_LINES + 1} more"]
-    return rows
+            rows.append((f"{'  ' * (depth - 1)}{path}", count))
+    width = max(len(label) for label, _ in rows) + 2
+    lines = [f"#   {label:<{width}}{_count(count):>8}" for label, count in rows]
+    if len(lines) > _MAX_TREE_LINES:
+        more = len(lines) - _MAX_TREE_LINES + 1
+        lines = [*lines[: _MAX_TREE_LINES - 1], f"#   ... and {more} more"]
+    return lines
 
 
 def _count(n: int) -> str:

@@ -197,6 +197,25 @@ def test_sequence_classification_folder_is_used_as_such(tmp_path: Path, csv_file
     task.loss(model, batch).backward()
 
 
+def test_other_encoders_run_whole(tmp_path: Path, csv_file: Path) -> None:
+    folder = tmp_path / "distil"
+    folder.mkdir()
+    vocab = {w: i for i, w in enumerate([*SPECIALS, *GOOD, *BAD, *FILLER])}
+    transformers.BertTokenizer(vocab=vocab).save_pretrained(folder)
+    config = transformers.DistilBertConfig(
+        vocab_size=len(vocab), dim=32, n_layers=2, n_heads=2, hidden_dim=64
+    )
+    transformers.DistilBertModel(config).save_pretrained(folder)
+    task: Any = load_task(ENTRY, {"model": str(folder), "data": str(csv_file), "seq_len": 16})
+    assert task.info["staged"] is False
+    model = task.build_model()
+    assert task.stages(model) == []
+    assert "encoder.transformer.layer.1" in resolve_groups(model, auto_depth=4).names
+    batch = next(iter(task.train_batches(8, torch.Generator().manual_seed(0))))
+    task.loss(model, batch).backward()
+    assert model.head.weight.grad is not None
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
