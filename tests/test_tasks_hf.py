@@ -280,3 +280,19 @@ prefix_cache = true
     record = json.loads(best.output)
     assert set(record["lrs"]) == {"embeddings", "layers", "head"}
     assert 0.0 <= record["value"] <= 1.0
+
+
+def test_without_transformers_the_error_says_what_to_install(
+    bert_dir: Path, csv_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def no_transformers(name: str, *args: Any) -> Any:
+        return None if name == "transformers" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", no_transformers)
+    with pytest.raises(TaskError) as info:
+        load_task(ENTRY, {"model": str(bert_dir), "data": str(csv_file)})
+    assert 'pip install "lrsearch[hf]"' in str(info.value)
