@@ -232,6 +232,13 @@ def _summary_text(s: Any) -> str:
         + (f", {s.count('lost')} lost to a heartbeat sweep" if s.count("lost") else "")
         + (", 1 interrupted" if s.interrupted else ""),
     ]
+    if ran and s.seconds > 0:
+        outside = max(s.seconds - s.training_seconds, 0.0)
+        lines.append(
+            f"time: {s.training_seconds:.1f} s training, {outside:.1f} s "
+            f"({100 * outside / s.seconds:.0f}%) outside it: asking and telling the storage, "
+            "sampling, pruning checks, waits"
+        )
     if ran == 0 and not s.interrupted:
         lines.append(
             f"the study already has {s.already_finished} finished trial(s), its budget is "

@@ -174,6 +174,9 @@ class SearchSummary:
     best_lrs: dict[str, float] | None = None
     interrupted: bool = False
     seconds: float = 0.0
+    # Of ``seconds``, the time the trainer computed (its reports' storage writes and pruning
+    # checks not counted); the rest went to asking, sampling, telling, sweeps and waits.
+    training_seconds: float = 0.0
 
     def count(self, outcome: str) -> int:
         return sum(1 for o in self.outcomes if o.outcome == outcome)
@@ -466,6 +469,13 @@ def run_worker(
     return _search(loop, _summary(loop, study_name, url, resumed=True))
 
 
+class _Timing:
+    """Seconds in the trainer, and of them in the trials' reports (storage and pruner)."""
+
+    def __init__(self) -> None:
+        self.trainer = self.reports = 0.0
+
+
 @dataclass(frozen=True)
 class _Loop:
     """What the one search loop needs, from ``run`` or ``worker``."""
@@ -481,6 +491,7 @@ class _Loop:
     requeue_interrupted: bool
     # Why a batch first fell back to one trial at a time (then logged as a warning), if one did.
     fell_back: list[str] = field(default_factory=list)
+    timing: _Timing = field(default_factory=_Timing)
 
     @property
     def grace(self) -> int:
@@ -565,6 +576,7 @@ def _search(loop: _Loop, summary: SearchSummary) -> SearchSummary:
             _fail_if_running(study, trial, requeue=loop.requeue_interrupted)
     finally:
         summary.seconds = time.perf_counter() - start
+        summary.training_seconds = loop.timing.trainer - loop.timing.reports
         loop.store.release()
     _update_best(summary, study)  # other workers may have found better meanwhile
     return summary
@@ -897,12 +909,15 @@ def _reporter(loop: _Loop, stop: _StopSignals, slot: _Slot) -> Report:
         slot.last_step = max(slot.last_step, step)
         if two_objectives:
             return  # Optuna takes no intermediate values (and prunes nothing) with two
+        start = time.perf_counter()
         with stop.writing():
             try:
                 trial.report(value, step)
                 prune = trial.should_prune()
             except UpdateFinishedTrialError as e:
                 raise _TrialLost from e
+            finally:
+                loop.timing.reports += time.perf_counter() - start
         if prune:
             raise optuna.TrialPruned(f"pruned at step {step} (value {value:.4g})")
 
@@ -919,16 +934,20 @@ def _train_one(
         if slot.sample is None:
             slot.sample = _sample(loop, slot.trial)
         report = _reporter(loop, stop, slot)
-        with stop.training():
-            result = loop.trainer.train_one(
-                prepared.task,
-                prepared.groups,
-                slot.sample,
-                prepared.spec.train,
-                device=loop.device,
-                seed=_seed(loop, slot.trial),
-                report=report,
-            )
+        start = time.perf_counter()
+        try:
+            with stop.training():
+                result = loop.trainer.train_one(
+                    prepared.task,
+                    prepared.groups,
+                    slot.sample,
+                    prepared.spec.train,
+                    device=loop.device,
+                    seed=_seed(loop, slot.trial),
+                    report=report,
+                )
+        finally:
+            loop.timing.trainer += time.perf_counter() - start
     except (KeyboardInterrupt, Exception) as e:
         result = e
     return _settle(loop, slot, result)
@@ -1042,16 +1061,20 @@ def _train_batch(
             results = [KeyboardInterrupt() if r is None else r for r in results]
             ready = []
         if ready:
-            with stop.training():
-                trained = loop.trainer.train_many(
-                    prepared.task,
-                    prepared.groups,
-                    samples,
-                    prepared.spec.train,
-                    device=loop.device,
-                    seeds=[_seed(loop, slots[i].trial) for i in ready],
-                    reports=[_reporter(loop, stop, slots[i]) for i in ready],
-                )
+            start = time.perf_counter()
+            try:
+                with stop.training():
+                    trained = loop.trainer.train_many(
+                        prepared.task,
+                        prepared.groups,
+                        samples,
+                        prepared.spec.train,
+                        device=loop.device,
+                        seeds=[_seed(loop, slots[i].trial) for i in ready],
+                        reports=[_reporter(loop, stop, slots[i]) for i in ready],
+                    )
+            finally:
+                loop.timing.trainer += time.perf_counter() - start
             for i, done in zip(ready, trained, strict=True):
                 results[i] = done
     except BatchingUnsupported as e:
