@@ -86,6 +86,18 @@ def threads_option(f: F) -> F:
     )(f)
 
 
+def allow_task_option(f: F) -> F:
+    """``--allow-task ENTRY``: a stored task entry this command may import and run."""
+    return click.option(
+        "--allow-task",
+        "allow_tasks",
+        multiple=True,
+        metavar="MODULE:FUNCTION",
+        help="Run this task entry if the study names it (repeatable; MODULE:* allows a module). "
+        "Built-in tasks are always allowed; $LRSEARCH_ALLOW_TASKS adds more, comma-separated.",
+    )(f)
+
+
 def study_option(f: F) -> F:
     return click.option("--study", "study", required=True, metavar="NAME", help="Study name.")(f)
 
@@ -280,15 +292,28 @@ def create(spec_file: Path, storage: str | None, study: str | None) -> None:
 )
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
 @threads_option
+@allow_task_option
 def worker(
-    storage: str | None, study: str, n_trials: int | None, device: str | None, threads: int | None
+    storage: str | None,
+    study: str,
+    n_trials: int | None,
+    device: str | None,
+    threads: int | None,
+    allow_tasks: tuple[str, ...],
 ) -> None:
     """Join a study and run its trials until its budget is met (SIGTERM: stop cleanly, exit 0)."""
     from lrsearch.search import run_worker
     from lrsearch.threads import set_threads
 
     set_threads(threads)
-    summary = run_worker(storage, study, n_trials=n_trials, device=device, on_trial=_trial_line)
+    summary = run_worker(
+        storage,
+        study,
+        n_trials=n_trials,
+        device=device,
+        on_trial=_trial_line,
+        allow_tasks=allow_tasks,
+    )
     click.echo(_summary_text(summary))
     stopped = [o.number for o in summary.outcomes if o.outcome == "interrupted"]
     if stopped:
@@ -508,8 +533,15 @@ def export(
 )
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@allow_task_option
 def verify(
-    study: str, storage: str | None, trial: int | None, seeds: int, device: str | None, fmt: str
+    study: str,
+    storage: str | None,
+    trial: int | None,
+    seeds: int,
+    device: str | None,
+    fmt: str,
+    allow_tasks: tuple[str, ...],
 ) -> None:
     """Retrain a trial (default: the best) and the best single-rate trial with fresh seeds."""
     from lrsearch.storage import open_storage
@@ -526,6 +558,7 @@ def verify(
         seeds=seeds,
         device=device,
         on_run=progress,
+        allow_tasks=allow_tasks,
     )
     click.echo(json.dumps(result, indent=2) if fmt == "json" else _verify_text(result))
 

@@ -169,8 +169,12 @@ def plan_workers(
     devices: Sequence[str] | None,
     python: str = sys.executable,
     base_env: Mapping[str, str] | None = None,
+    allow_task: str | None = None,
 ) -> list[Worker]:
     """The ``lrsearch worker`` processes of a launch (nothing is started).
+
+    ``allow_task``: the task entry of the launch's own study file, which its workers may run
+    (``--allow-task``; see :mod:`lrsearch.trust`).
 
     Raises:
         ValueError: As :func:`assign_devices`.
@@ -185,6 +189,8 @@ def plan_workers(
         argv = [python, "-m", "lrsearch.cli", "worker", "--study", study, "--n-trials", str(budget)]
         if device is not None:
             argv += ["--device", "cuda"]  # the one GPU it can see; fails loudly without CUDA
+        if allow_task is not None:
+            argv += ["--allow-task", allow_task]
         env = child_env(base, url, device=device)
         if threads is not None:
             env["OMP_NUM_THREADS"] = str(threads)
@@ -407,6 +413,7 @@ class Launcher:
             n_workers=n_workers,
             devices=devices,
             python=python,
+            allow_task=spec.task.entry,
         )
         self.python = python
         self.poll_interval = poll_interval

@@ -112,6 +112,7 @@ from lrsearch.training import (
     resolve_device,
     resolve_precision,
 )
+from lrsearch.trust import check_stored_entry
 
 __all__ = [
     "FINISHED",
@@ -416,6 +417,7 @@ def run_worker(
     on_trial: OnTrial | None = None,
     train_fn: TrainFn | None = None,
     trainer: TrainerLike | None = None,
+    allow_tasks: Sequence[str] = (),
 ) -> SearchSummary:
     """Join an existing study and run its trials until its budget is met, with its stored spec.
 
@@ -435,18 +437,22 @@ def run_worker(
             batch_trials``) still stack with ``trainer.train_many``, and use it when they cannot.
         trainer: Trains the trials (default: ``lrsearch.training.DEFAULT``, whose prefix cache
             the process's searches share).
+        allow_tasks: Task entries this worker may run besides the built-in ones and
+            ``$LRSEARCH_ALLOW_TASKS`` (see :mod:`lrsearch.trust`).
 
     Returns:
         What this worker did; ``interrupted`` is set when a signal stopped it.
 
     Raises:
         StudyNotFoundError: No such study.
+        UntrustedTaskError: The stored task entry is not allowed here (nothing is imported).
         LrsearchError: The stored spec or the task does not load here, or a bug in the task.
     """
     url = resolve_url(storage)
     store = _connect(url)
     study = load_study(store, study_name)
     spec = stored_spec(study)
+    check_stored_entry(spec.task.entry, study_name, allow_tasks)
     prepared = prepare(spec, device=device)
     study.sampler = make_sampler(spec, seeded=False)
     study.pruner = make_pruner(spec)
