@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote, quote_plus
 
 import optuna
 import sqlalchemy
@@ -54,6 +53,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import URL, make_url
 
 from lrsearch.errors import SpecError, StorageError, StudyMismatchError, StudyNotFoundError
+from lrsearch.masking import has_stray_at, hide, mask_url, url_secrets
 from lrsearch.spec import StudySpec
 
 ENV_VAR = "LRSEARCH_STORAGE"
@@ -113,7 +113,6 @@ NETWORK_FILESYSTEMS = frozenset(
         "fuse.rclone",
     }
 )
-_QUERY_SECRET = re.compile(r"(?i)([?&;](?:password|passwd|pwd)=)[^&;]*")
 # Connection errors that waiting will not cure.
 _FATAL_DB_ERRORS = (
     "authentication failed",
@@ -192,26 +191,6 @@ def db_wait() -> float:
     return value
 
 
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, safe to print.
-
-    Works on the text, not on a parsed URL: a URL that does not parse, or whose password holds an
-    unencoded ``@`` or ``/``, must not leak it either. Everything between ``user:`` and the last
-    ``@`` is hidden (at worst a little too much), and so is a ``password=`` query parameter.
-
-    Example:
-        >>> mask_url("postgresql://me:s3cret@db:5432/lr")
-        'postgresql://me:***@db:5432/lr'
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    userinfo, at, host = rest.rpartition("@")
-    if at and ":" in userinfo:
-        rest = f"{userinfo.partition(':')[0]}:***@{host}"
-    return _QUERY_SECRET.sub(r"\1***", f"{scheme}{sep}{rest}")
-
-
 def _parse(url: str) -> URL:
     try:
         parsed = make_url(url)
@@ -220,6 +199,11 @@ def _parse(url: str) -> URL:
             f"invalid storage URL {mask_url(url)!r}; use sqlite:///path/to/file.db or "
             "postgresql://user@host:5432/dbname"
         ) from e
+    if has_stray_at(url):  # part of the password would become the host name, and be shown
+        raise StorageError(
+            f"storage URL {mask_url(url)!r}: its user name or password holds an unencoded '@'; "
+            "write it as %40"
+        )
     backend = parsed.get_backend_name()
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -364,7 +348,7 @@ def open_storage(
             KeyError,
             IndexError,
         ) as e:
-            detail = _detail(e, parsed.password)
+            detail = _detail(e, url_secrets(raw, parsed_password=parsed.password))
             waited = time.monotonic() - start
             if is_transient(e) and waited < wait:
                 if delay == _BACKOFF_START_S:
@@ -391,13 +375,13 @@ def _sqlite_connect(dbapi_connection: Any, record: Any) -> None:
     dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
 
-def _detail(error: BaseException, password: str | None) -> str:
-    """The first line of the database's own message, password hidden."""
+def _detail(error: BaseException, secrets: Sequence[str]) -> str:
+    """The first line of the database's own message, ``secrets`` hidden."""
     cause: Any = error
     if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__ is not None:
         cause = error.__cause__
     lines = str(getattr(cause, "orig", None) or cause).strip().splitlines()
-    return _hide(lines[0] if lines else type(cause).__name__, password)
+    return hide(lines[0] if lines else type(cause).__name__, secrets)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -420,14 +404,6 @@ def is_transient(error: BaseException) -> bool:
         # Optuna wraps SQLAlchemy's errors in StorageInternalError (`from e`).
         err = err.__cause__
     return False
-
-
-def _hide(text: str, password: str | None) -> str:
-    if not password:
-        return text
-    for form in {password, quote_plus(password), quote(password, safe="")}:
-        text = text.replace(form, "***")
-    return text
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
@@ -605,6 +581,10 @@ class ResilientStorage(optuna.storages.BaseStorage):
         self.retry_s = retry_s
         self.recoveries = 0  # calls that failed at first and then went through
         self._inner = optuna.storages._CachedStorage(backend)
+        url = backend.engine.url
+        self._secrets = url_secrets(
+            url.render_as_string(hide_password=False), parsed_password=url.password
+        )
         self._conn: sqlalchemy.Connection | None = None
 
     def _on_connection(self, fn: Callable[..., T], *args: Any) -> T:
@@ -653,13 +633,13 @@ class ResilientStorage(optuna.storages.BaseStorage):
                     _log.warning(
                         "lrsearch: storage %r: %s; trying again for up to %.0f s",
                         self.shown,
-                        _detail(e, self.backend.engine.url.password),
+                        _detail(e, self._secrets),
                         self.retry_s,
                     )
                 if now - start >= self.retry_s:
                     raise StorageError(
                         f"storage {self.shown!r} kept failing for {now - start:.0f} s: "
-                        f"{_detail(e, self.backend.engine.url.password)}; check the database"
+                        f"{_detail(e, self._secrets)}; check the database"
                     ) from None
                 time.sleep(min(delay, start + self.retry_s - now))
                 delay = min(2 * delay, _BACKOFF_MAX_S)
