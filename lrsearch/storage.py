@@ -55,6 +55,7 @@ from sqlalchemy.engine import URL, make_url
 from lrsearch.errors import SpecError, StorageError, StudyMismatchError, StudyNotFoundError
 from lrsearch.masking import has_stray_at, hide, mask_url, url_secrets
 from lrsearch.spec import StudySpec
+from lrsearch.sqlite_file import check_sqlite_file
 
 ENV_VAR = "LRSEARCH_STORAGE"
 FILE_ENV_VAR = "LRSEARCH_STORAGE_FILE"  # a file holding the URL (a Docker / Kubernetes secret)
@@ -240,6 +241,10 @@ def _prepare_sqlite(parsed: URL, shown: str, *, create: bool) -> None:
             f"${ENV_VAR}), or run a study there first"
         )
     _check_local_filesystem(path, shown)
+    if path.exists():
+        check_sqlite_file(path, shown, create=create)
+    if not create:
+        return  # a reader leaves the file as it is
     try:
         # WAL persists in the file; set it before Optuna's engine opens it.
         with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
