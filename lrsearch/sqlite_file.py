@@ -71,10 +71,13 @@ def check_sqlite_file(path: Path, shown: str, *, create: bool) -> None:
     try:
         tables = tables_of(path)
     except OSError as e:
-        raise StorageError(f"storage {shown!r}: cannot read {str(path)!r} ({e.strerror})") from None
+        raise StorageError(
+            f"storage {shown!r} is not a usable SQLite database: {e.strerror}; check --storage"
+        ) from None
     if tables is None:
         raise StorageError(
-            f"storage {shown!r}: {str(path)!r} is not an SQLite database; check --storage"
+            f"storage {shown!r} is not a usable SQLite database (not an SQLite file); "
+            "check --storage"
         )
     if tables >= OPTUNA_TABLES:
         return

@@ -54,7 +54,7 @@ def _text(path: Path) -> None:
 FILES: dict[str, tuple[Callable[[Path], None], str]] = {
     "foreign": (_foreign, "another program's database (tables: customers)"),
     "empty": (_empty, "is an empty database"),
-    "text": (_text, "is not an SQLite database"),
+    "text": (_text, "is not a usable SQLite database"),
 }
 
 
