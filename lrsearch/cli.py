@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import signal
 import sys
@@ -98,8 +99,20 @@ def allow_task_option(f: F) -> F:
     )(f)
 
 
+def _study_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--study``: one rule for every command (``""`` is no study, never the file's name)."""
+    from lrsearch.limits import study_name_problem
+
+    problem = None if value is None else study_name_problem(value)
+    if problem:
+        raise LrsearchError(f"--study: a study name {problem}")
+    return value
+
+
 def study_option(f: F) -> F:
-    return click.option("--study", "study", required=True, metavar="NAME", help="Study name.")(f)
+    return click.option(
+        "--study", "study", required=True, metavar="NAME", callback=_study_name, help="Study name."
+    )(f)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -117,7 +130,14 @@ def main(debug: bool) -> None:
 @main.command()
 @click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
 @storage_option
-@click.option("--study", "study", default=None, metavar="NAME", help="Default: [study] name.")
+@click.option(
+    "--study",
+    "study",
+    default=None,
+    metavar="NAME",
+    callback=_study_name,
+    help="Default: [study] name.",
+)
 @click.option(
     "--n-trials",
     type=click.IntRange(min=1),
@@ -183,6 +203,7 @@ class _ProgressBar:
 
     def __init__(self) -> None:
         self.bar: Any = None
+        self.log: logging.Handler | None = None
         self.started = time.time()  # the bar appears with the first trial's end, timed from here
 
     def update(self, outcome: Any, summary: Any) -> None:
@@ -199,6 +220,9 @@ class _ProgressBar:
             )
             # Elapsed time and rate count the first trial too (not "21 trial/s" for a 51 s one).
             self.bar.start_t = self.bar.last_print_t = self.started
+            # Warnings (a storage retry) go above the bar, not onto its line.
+            self.log = _AboveBar()
+            logging.getLogger("lrsearch").addHandler(self.log)
         self.bar.update(1)
         self.bar.set_postfix(
             complete=summary.count("complete"),
@@ -209,8 +233,26 @@ class _ProgressBar:
         )
 
     def close(self) -> None:
+        if self.log is not None:
+            logging.getLogger("lrsearch").removeHandler(self.log)
         if self.bar is not None:
             self.bar.close()
+
+
+class _AboveBar(logging.Handler):
+    """lrsearch's warnings, printed as without a bar (Python's last-resort stderr handler would),
+    but through tqdm, which clears the bar's line first and redraws it below."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # as logging's own handlers: a failed warning never stops a search
+            self.handleError(record)
 
 
 def _fmt(value: Any) -> str:
@@ -260,7 +302,14 @@ def _summary_text(s: Any) -> str:
 @main.command()
 @click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
 @storage_option
-@click.option("--study", "study", default=None, metavar="NAME", help="Default: [study] name.")
+@click.option(
+    "--study",
+    "study",
+    default=None,
+    metavar="NAME",
+    callback=_study_name,
+    help="Default: [study] name.",
+)
 def create(spec_file: Path, storage: str | None, study: str | None) -> None:
     """Create the study in SPEC for workers to join (or check it), without running a trial."""
     from lrsearch.search import create_study
@@ -625,7 +674,14 @@ def _devices_option(ctx: click.Context, param: click.Parameter, value: str | Non
     "round-robin.",
 )
 @storage_option
-@click.option("--study", "study", default=None, metavar="NAME", help="Default: [study] name.")
+@click.option(
+    "--study",
+    "study",
+    default=None,
+    metavar="NAME",
+    callback=_study_name,
+    help="Default: [study] name.",
+)
 @click.option(
     "--n-trials",
     type=click.IntRange(min=1),

@@ -79,6 +79,7 @@ except ImportError:  # pragma: no cover
 
 from lrsearch.errors import LrsearchError, TaskError, TrialFailure
 from lrsearch.groups import LayerGroups, resolve_groups
+from lrsearch.limits import SEED_RANGE
 from lrsearch.pick import metric, rank
 from lrsearch.space import Sample, SearchSpace
 from lrsearch.spec import StudySpec
@@ -197,7 +198,11 @@ def make_sampler(
         seeded: ``False`` ignores the seed. Workers do: workers that start together see the same
             number of trials, so one seed would have them all sample the same start-up points.
     """
-    seed = None if spec.study.seed is None or not seeded else spec.study.seed + offset
+    seed = None
+    if spec.study.seed is not None and seeded:
+        # Wrapped: NumPy, under Optuna's samplers, takes seeds below 2**32 only, and a study
+        # seeded near the top would fail on resume.
+        seed = (spec.study.seed + offset) % SEED_RANGE
     if spec.sampler.kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():
@@ -788,6 +793,9 @@ class _Heartbeat:
         self._store = store
         self._interval = interval
         self._trial_ids: tuple[int, ...] = ()
+        # Messages name a trial by its number in the study, as every other line does, not by the
+        # database's id.
+        self._numbers: dict[int, int] = {}
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lrsearch-heartbeat", daemon=True)
         self.failures = 0
@@ -806,18 +814,22 @@ class _Heartbeat:
         self._closing.set()
         self._thread.join(timeout=5.0)  # a beat stuck on a locked database is left to die with us
 
-    def track(self, trial_id: int | None) -> None:
-        """Beat for ``trial_id`` alone from now on (``None``: for no trial)."""
+    def track(self, trial_id: int | None, number: int | None = None) -> None:
+        """Beat for ``trial_id`` (trial ``number``) alone from now on (``None``: for no trial)."""
         if trial_id is not None:
             # At once, not one interval later: a trial whose worker dies before its first
             # heartbeat could never be found stale.
             self._store.record_heartbeat(trial_id)
         self._trial_ids = () if trial_id is None else (trial_id,)
+        if trial_id is not None and number is not None:
+            self._numbers[trial_id] = number
 
-    def add(self, trial_id: int) -> None:
+    def add(self, trial_id: int, number: int | None = None) -> None:
         """Beat for ``trial_id`` too from now on, with its first heartbeat at once (a batch)."""
         self._store.record_heartbeat(trial_id)
         self._trial_ids = (*self._trial_ids, trial_id)
+        if number is not None:
+            self._numbers[trial_id] = number
 
     def _run(self) -> None:
         failing: set[int] = set()
@@ -829,8 +841,8 @@ class _Heartbeat:
                     self.failures += 1
                     if trial_id not in failing:
                         _log.warning(
-                            "lrsearch: heartbeat of trial %d failed (%s); trying again in %g s",
-                            trial_id,
+                            "lrsearch: heartbeat of trial %s failed (%s); trying again in %g s",
+                            self._numbers.get(trial_id, f"id {trial_id}"),
                             type(e).__name__,
                             self._interval,
                         )
@@ -852,7 +864,7 @@ def _run_one(
     current.clear()
     trial = loop.study.ask()
     current.append(trial)
-    beat.track(trial._trial_id)
+    beat.track(trial._trial_id, trial.number)
     outcome, error = _train_one(loop, stop, _Slot(trial, time.perf_counter()))
     if error is not None:
         raise error
@@ -1006,7 +1018,7 @@ def _run_batch(
         while True:
             trial = loop.study.ask()
             current.append(trial)
-            beat.add(trial._trial_id)
+            beat.add(trial._trial_id, trial.number)
             slots.append(_Slot(trial, time.perf_counter()))
             # The next look would count this trial running, and one queued trial fewer if there
             # was one (ask takes a queued trial first).

@@ -53,6 +53,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import URL, make_url
 
 from lrsearch.errors import SpecError, StorageError, StudyMismatchError, StudyNotFoundError
+from lrsearch.limits import study_name_problem
 from lrsearch.masking import has_stray_at, hide, mask_url, url_secrets
 from lrsearch.spec import StudySpec
 from lrsearch.sqlite_file import check_sqlite_file
@@ -481,7 +482,13 @@ def create_or_resume(
     Raises:
         StudyMismatchError: A study of that name exists with a different search (the differing keys
             are listed) or was not created by lrsearch.
+        StorageError: ``name`` cannot name a study (too long for Optuna's schema).
     """
+    problem = study_name_problem(name)
+    if problem:
+        raise StorageError(
+            f"study name {name[:40] + '...' if len(name) > 40 else name!r} {problem}"
+        )
     try:
         study = optuna.create_study(
             study_name=name,
