@@ -119,13 +119,13 @@ def resolve_groups(
             'pattern for them, or a catch-all group last (rest = ["*"])'
         )
     empty = [
-        f"{group!r} (patterns {list(patterns)})"
+        f"group {group!r} (patterns {list(patterns)})"
         for group, patterns in pairs
         if not members[group] and tuple(patterns) != (CATCH_ALL,)
     ]
     if empty:
         # A short list: thousands of groups would make one error line of megabytes.
-        which = f"group {empty[0]}" if len(empty) == 1 else f"{len(empty)} groups"
+        which = empty[0] if len(empty) == 1 else f"{len(empty)} groups"
         problems.append(
             f"{which} {'matches' if len(empty) == 1 else 'match'} no trainable parameter"
             + ("" if len(empty) == 1 else f": {_listed(empty)}")

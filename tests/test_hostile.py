@@ -142,7 +142,7 @@ def test_many_groups_that_match_nothing_are_listed_briefly() -> None:
     with pytest.raises(GroupError) as info:
         resolve_groups(_Wide(2), groups)
     message = str(info.value)
-    assert message.startswith("200 groups match no trainable parameter: 'ghost0'")
+    assert message.startswith("200 groups match no trainable parameter: group 'ghost0'")
     assert "(and 195 more)" in message and "ghost199" not in message
     assert len(message) < 500
 
