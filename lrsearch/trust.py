@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from lrsearch.errors import LrsearchError
+from lrsearch.errors import UntrustedTaskError
 
 ENV_VAR = "LRSEARCH_ALLOW_TASKS"
 BUILTIN_TASKS = frozenset(
@@ -27,10 +27,6 @@ BUILTIN_TASKS = frozenset(
         "lrsearch.tasks.vision:fashion_mnist_mobilenet",
     }
 )
-
-
-class UntrustedTaskError(LrsearchError):
-    """A stored task entry that this process was not told to run."""
 
 
 def allowed_tasks(extra: Iterable[str] = ()) -> frozenset[str]:

@@ -7,6 +7,9 @@ The stored spec is rewritten as someone with write access to the database could:
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -137,3 +140,25 @@ def test_launched_workers_may_run_the_launch_files_entry() -> None:
     command = main.commands["worker"]
     parsed = command.make_context("worker", list(w.argv[4:]))
     assert parsed.params["allow_tasks"] == ("toy_tasks:tiny",)
+
+
+def test_launch_workers_run_the_launch_files_own_entry(
+    sqlite_url: str, study_name: str, make_spec: Callable[..., Path], tmp_path: Path
+) -> None:
+    # No $LRSEARCH_ALLOW_TASKS: the toy entry is allowed only by being in the launched file.
+    tests = Path(__file__).resolve().parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LRSEARCH_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tests.parent), str(tests)])
+    spec = make_spec(study_name, study={"n_trials": 2})
+    command = ["launch", str(spec), "--workers", "1", "--storage", sqlite_url]
+    done = subprocess.run(
+        [sys.executable, "-m", "lrsearch.cli", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    study = optuna.load_study(study_name=study_name, storage=open_storage(sqlite_url))
+    assert len(study.trials) == 2
