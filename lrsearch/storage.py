@@ -201,7 +201,8 @@ def _parse(url: str) -> URL:
             f"invalid storage URL {mask_url(url)!r}; use sqlite:///path/to/file.db or "
             "postgresql://user@host:5432/dbname"
         ) from e
-    if has_stray_at(url):  # part of the password would become the host name, and be shown
+    # Part of the password would become the host name, and be shown (an SQLite path has no host).
+    if not url.lower().startswith("sqlite") and has_stray_at(url):
         raise StorageError(
             f"storage URL {mask_url(url)!r}: its user name or password holds an unencoded '@'; "
             "write it as %40"

@@ -129,3 +129,13 @@ def _env() -> dict[str, str]:
     tests = Path(__file__).resolve().parent
     paths = [str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
+def test_an_sqlite_path_may_hold_at_signs(tmp_path: Path) -> None:
+    from lrsearch.storage import open_storage
+
+    folder = tmp_path / "me@a@b"
+    folder.mkdir()
+    storage = open_storage(f"sqlite:///{folder / 'x@y.db'}")
+    storage.engine.dispose()
+    assert (folder / "x@y.db").exists()
