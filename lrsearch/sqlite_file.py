@@ -51,7 +51,8 @@ def tables_of(path: Path) -> set[str] | None:
             conn.close()
     except sqlite3.DatabaseError:
         return None
-    return {name for (name,) in rows}
+    # sqlite_sequence, sqlite_stat1: SQLite's own, in any database.
+    return {name for (name,) in rows if not name.startswith("sqlite_")}
 
 
 def check_sqlite_file(path: Path, shown: str, *, create: bool) -> None:

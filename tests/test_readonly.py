@@ -17,8 +17,9 @@ from click.testing import CliRunner, Result
 from conftest import SpecWriter
 
 from lrsearch.cli import main
+from lrsearch.errors import StorageError
 from lrsearch.search import run_search
-from lrsearch.sqlite_file import tables_of
+from lrsearch.sqlite_file import check_sqlite_file, tables_of
 from lrsearch.training import TrainResult
 
 READERS = [
@@ -159,3 +160,16 @@ def test_tables_of(content: bytes, expected: set[str] | None, tmp_path: Path) ->
     path = tmp_path / "f.db"
     path.write_bytes(content)
     assert tables_of(path) == expected
+
+
+def test_a_writer_takes_a_file_where_optuna_began_its_tables(tmp_path: Path) -> None:
+    # A worker stopped mid-creation: some of Optuna's tables, and SQLite's own sqlite_sequence.
+    path = tmp_path / "partial.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE studies (study_id INTEGER PRIMARY KEY AUTOINCREMENT)")
+    conn.execute("INSERT INTO studies DEFAULT VALUES")
+    conn.commit()
+    conn.close()
+    check_sqlite_file(path, "sqlite:///partial.db", create=True)
+    with pytest.raises(StorageError, match="another program's database"):
+        check_sqlite_file(path, "sqlite:///partial.db", create=False)
