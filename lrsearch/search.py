@@ -79,6 +79,7 @@ except ImportError:  # pragma: no cover
 
 from lrsearch.errors import LrsearchError, TaskError, TrialFailure
 from lrsearch.groups import LayerGroups, resolve_groups
+from lrsearch.limits import SEED_RANGE
 from lrsearch.pick import metric, rank
 from lrsearch.space import Sample, SearchSpace
 from lrsearch.spec import StudySpec
@@ -112,6 +113,7 @@ from lrsearch.training import (
     resolve_device,
     resolve_precision,
 )
+from lrsearch.trust import check_stored_entry
 
 __all__ = [
     "FINISHED",
@@ -199,7 +201,11 @@ def make_sampler(
         seeded: ``False`` ignores the seed. Workers do: workers that start together see the same
             number of trials, so one seed would have them all sample the same start-up points.
     """
-    seed = None if spec.study.seed is None or not seeded else spec.study.seed + offset
+    seed = None
+    if spec.study.seed is not None and seeded:
+        # Wrapped: NumPy, under Optuna's samplers, takes seeds below 2**32 only, and a study
+        # seeded near the top would fail on resume.
+        seed = (spec.study.seed + offset) % SEED_RANGE
     if spec.sampler.kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():
@@ -419,6 +425,7 @@ def run_worker(
     on_trial: OnTrial | None = None,
     train_fn: TrainFn | None = None,
     trainer: TrainerLike | None = None,
+    allow_tasks: Sequence[str] = (),
 ) -> SearchSummary:
     """Join an existing study and run its trials until its budget is met, with its stored spec.
 
@@ -438,18 +445,22 @@ def run_worker(
             batch_trials``) still stack with ``trainer.train_many``, and use it when they cannot.
         trainer: Trains the trials (default: ``lrsearch.training.DEFAULT``, whose prefix cache
             the process's searches share).
+        allow_tasks: Task entries this worker may run besides the built-in ones and
+            ``$LRSEARCH_ALLOW_TASKS`` (see :mod:`lrsearch.trust`).
 
     Returns:
         What this worker did; ``interrupted`` is set when a signal stopped it.
 
     Raises:
         StudyNotFoundError: No such study.
+        UntrustedTaskError: The stored task entry is not allowed here (nothing is imported).
         LrsearchError: The stored spec or the task does not load here, or a bug in the task.
     """
     url = resolve_url(storage)
     store = _connect(url)
     study = load_study(store, study_name)
     spec = stored_spec(study)
+    check_stored_entry(spec.task.entry, study_name, allow_tasks)
     prepared = prepare(spec, device=device)
     study.sampler = make_sampler(spec, seeded=False)
     study.pruner = make_pruner(spec)
@@ -794,6 +805,9 @@ class _Heartbeat:
         self._store = store
         self._interval = interval
         self._trial_ids: tuple[int, ...] = ()
+        # Messages name a trial by its number in the study, as every other line does, not by the
+        # database's id.
+        self._numbers: dict[int, int] = {}
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lrsearch-heartbeat", daemon=True)
         self.failures = 0
@@ -812,18 +826,22 @@ class _Heartbeat:
         self._closing.set()
         self._thread.join(timeout=5.0)  # a beat stuck on a locked database is left to die with us
 
-    def track(self, trial_id: int | None) -> None:
-        """Beat for ``trial_id`` alone from now on (``None``: for no trial)."""
+    def track(self, trial_id: int | None, number: int | None = None) -> None:
+        """Beat for ``trial_id`` (trial ``number``) alone from now on (``None``: for no trial)."""
         if trial_id is not None:
             # At once, not one interval later: a trial whose worker dies before its first
             # heartbeat could never be found stale.
             self._store.record_heartbeat(trial_id)
         self._trial_ids = () if trial_id is None else (trial_id,)
+        if trial_id is not None and number is not None:
+            self._numbers[trial_id] = number
 
-    def add(self, trial_id: int) -> None:
+    def add(self, trial_id: int, number: int | None = None) -> None:
         """Beat for ``trial_id`` too from now on, with its first heartbeat at once (a batch)."""
         self._store.record_heartbeat(trial_id)
         self._trial_ids = (*self._trial_ids, trial_id)
+        if number is not None:
+            self._numbers[trial_id] = number
 
     def _run(self) -> None:
         failing: set[int] = set()
@@ -835,8 +853,8 @@ class _Heartbeat:
                     self.failures += 1
                     if trial_id not in failing:
                         _log.warning(
-                            "lrsearch: heartbeat of trial %d failed (%s); trying again in %g s",
-                            trial_id,
+                            "lrsearch: heartbeat of trial %s failed (%s); trying again in %g s",
+                            self._numbers.get(trial_id, f"id {trial_id}"),
                             type(e).__name__,
                             self._interval,
                         )
@@ -858,7 +876,7 @@ def _run_one(
     current.clear()
     trial = loop.study.ask()
     current.append(trial)
-    beat.track(trial._trial_id)
+    beat.track(trial._trial_id, trial.number)
     outcome, error = _train_one(loop, stop, _Slot(trial, time.perf_counter()))
     if error is not None:
         raise error
@@ -1019,7 +1037,7 @@ def _run_batch(
         while True:
             trial = loop.study.ask()
             current.append(trial)
-            beat.add(trial._trial_id)
+            beat.add(trial._trial_id, trial.number)
             slots.append(_Slot(trial, time.perf_counter()))
             # The next look would count this trial running, and one queued trial fewer if there
             # was one (ask takes a queued trial first).

@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 from lrsearch.errors import LrsearchError, TrialFailure
 from lrsearch.pick import metric, numbered, rank
 from lrsearch.storage import load_study, stored_spec, trial_info
+from lrsearch.trust import check_stored_entry
 
 if TYPE_CHECKING:
     from lrsearch.training import TrainResult
@@ -113,6 +114,7 @@ def verify_trial(
     device: str | None = None,
     on_run: RunCallback | None = None,
     train_fn: Callable[..., TrainResult] | None = None,
+    allow_tasks: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Retrain a trial's config (and the best single-rate trial) with ``seeds`` fresh seeds.
 
@@ -124,6 +126,8 @@ def verify_trial(
         device: ``auto`` (default), ``cpu``, ``cuda`` or ``cuda:N``.
         on_run: Called as ``on_run(role, trial, run)`` after each new run (progress).
         train_fn: The trainer (``train_trial``'s signature); replaceable in tests.
+        allow_tasks: Task entries allowed besides the built-in ones and ``$LRSEARCH_ALLOW_TASKS``
+            (see :mod:`lrsearch.trust`); checked before the task is first imported.
 
     Returns:
         Plain data: ``study``, ``direction``, ``seeds``, ``configs`` (per config: ``role``
@@ -136,6 +140,7 @@ def verify_trial(
             or is not complete.
         StudyNotFoundError: No such study.
         StorageError: The study was not created by lrsearch.
+        UntrustedTaskError: A run must be trained and the stored task entry is not allowed here.
     """
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise LrsearchError(f"seeds must be an integer >= 1, got {seeds!r}")
@@ -160,6 +165,7 @@ def verify_trial(
         for seed in run_seeds:
             if seed not in known:
                 if prepared is None:
+                    check_stored_entry(spec.task.entry, study_name, allow_tasks)
                     prepared = _prepare(spec, device, train_fn)
                 run = _train_one(prepared, info, seed, device)
                 known[seed] = run
