@@ -61,7 +61,6 @@ import signal
 import socket
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -80,7 +79,8 @@ except ImportError:  # pragma: no cover
 from lrsearch.errors import LrsearchError, TaskError, TrialFailure
 from lrsearch.groups import LayerGroups, resolve_groups
 from lrsearch.pick import metric, rank
-from lrsearch.space import Sample, SearchSpace
+from lrsearch.sampler import build_sampler
+from lrsearch.space import Sample, SearchSpace, enqueue_start
 from lrsearch.spec import StudySpec
 from lrsearch.storage import (  # the attribute names are re-exported: they were defined here first
     FINISHED,
@@ -183,33 +183,26 @@ OnTrial = Callable[[TrialOutcome, SearchSummary], None]
 
 
 def make_sampler(
-    spec: StudySpec, *, offset: int = 0, seeded: bool = True
+    spec: StudySpec, *, space: SearchSpace | None = None, offset: int = 0, seeded: bool = True
 ) -> optuna.samplers.BaseSampler:
-    """The study's sampler; TPE is multivariate with group decomposition so that a group's rate is
-    modelled only in the trials where that group trained (the freeze choice makes the space
-    conditional).
+    """The study's sampler (:mod:`lrsearch.sampler` says which and why).
 
     Args:
         spec: The study's spec; ``[study] seed`` seeds the sampler.
+        space: The resolved space, whose dimension ``[sampler] kind = "auto"`` weighs; default:
+            the spec's named groups.
         offset: Trials the study already has. A resumed seeded study adds it to the seed: the same
             seed again would sample the same random start-up points as the first run did.
         seeded: ``False`` ignores the seed. Workers do: workers that start together see the same
             number of trials, so one seed would have them all sample the same start-up points.
+
+    Raises:
+        LrsearchError: The chosen sampler's package is not installed.
     """
     seed = None if spec.study.seed is None or not seeded else spec.study.seed + offset
-    if spec.sampler.kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    with warnings.catch_warnings():
-        # `multivariate` and `group` are flagged experimental, yet they are what a conditional
-        # space needs; the warning would print on every worker start.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(
-            seed=seed,
-            n_startup_trials=spec.sampler.n_startup_trials,
-            multivariate=spec.sampler.multivariate,
-            group=spec.sampler.multivariate,
-            constant_liar=True,
-        )
+    space = space or SearchSpace(spec.space, spec.groups.names)
+    dimensions, conditional = space.dimensions()
+    return build_sampler(spec, seed=seed, dimensions=dimensions, conditional=conditional)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
@@ -301,11 +294,12 @@ def _open_study(
         name,
         spec,
         direction=prepared.direction,
-        sampler=make_sampler(spec),
+        sampler=make_sampler(spec, space=prepared.space),
         pruner=make_pruner(spec),
     )
     if GROUPS_ATTR not in study.user_attrs:  # also when a first run died right after creating it
         study.set_user_attr(GROUPS_ATTR, {g: list(p) for g, p in prepared.groups.patterns})
+    enqueue_start(study, prepared.space)
     return study, resumed
 
 
@@ -392,7 +386,9 @@ def run_search(
     store = _connect(url)
     study, resumed = _open_study(store, name, prepared)
     if resumed:
-        study.sampler = make_sampler(spec, offset=len(store.get_all_trials(study._study_id)))
+        study.sampler = make_sampler(
+            spec, space=prepared.space, offset=len(store.get_all_trials(study._study_id))
+        )
     loop = _Loop(
         study=study,
         store=store,
@@ -448,7 +444,7 @@ def run_worker(
     study = load_study(store, study_name)
     spec = stored_spec(study)
     prepared = prepare(spec, device=device)
-    study.sampler = make_sampler(spec, seeded=False)
+    study.sampler = make_sampler(spec, space=prepared.space, seeded=False)
     study.pruner = make_pruner(spec)
     if GROUPS_ATTR not in study.user_attrs:
         study.set_user_attr(GROUPS_ATTR, {g: list(p) for g, p in prepared.groups.patterns})
