@@ -76,6 +76,7 @@ try:  # private but stable since Optuna 3; the dependency is pinned below 6
 except ImportError:  # pragma: no cover
     _tell_with_warning = None  # type: ignore[assignment]
 
+from lrsearch.confirm import confirm_study, search_budget
 from lrsearch.errors import LrsearchError, TaskError, TrialFailure
 from lrsearch.groups import LayerGroups, resolve_groups
 from lrsearch.pick import metric, rank
@@ -174,6 +175,8 @@ class SearchSummary:
     best_lrs: dict[str, float] | None = None
     interrupted: bool = False
     seconds: float = 0.0
+    # [winner] reseeds: what lrsearch.confirm found once the search budget was met.
+    confirmation: dict[str, Any] | None = None
 
     def count(self, outcome: str) -> int:
         return sum(1 for o in self.outcomes if o.outcome == outcome)
@@ -381,6 +384,7 @@ def run_search(
             the task (the trial is marked failed with the reason first).
     """
     prepared = prepare(spec, device=device)
+    budget = search_budget(spec, n_trials if n_trials is not None else spec.study.n_trials)
     name = study_name or spec.study.name
     url = resolve_url(storage)
     store = _connect(url)
@@ -394,13 +398,21 @@ def run_search(
         store=store,
         prepared=prepared,
         device=resolve_device(device),
-        budget=n_trials if n_trials is not None else spec.study.n_trials,
+        budget=budget,
         limit=timeout if timeout is not None else spec.study.timeout,
         trainer=_trainer(trainer, train_fn),
         on_trial=on_trial,
         requeue_interrupted=False,
     )
-    return _search(loop, _summary(loop, name, url, resumed=resumed))
+    summary = _search(loop, _summary(loop, name, url, resumed=resumed))
+    if (
+        spec.winner.reseeds
+        and not summary.interrupted
+        and store.count(study._study_id).counted >= budget
+    ):
+        # The search budget is met: the retrainings reserved from n_trials name the winner.
+        summary.confirmation = confirm_study(store, name, device=device, train_fn=train_fn)
+    return summary
 
 
 def run_worker(
@@ -453,7 +465,7 @@ def run_worker(
         store=store,
         prepared=prepared,
         device=resolve_device(device),
-        budget=n_trials if n_trials is not None else spec.study.n_trials,
+        budget=search_budget(spec, n_trials if n_trials is not None else spec.study.n_trials),
         limit=spec.study.timeout,
         trainer=_trainer(trainer, train_fn),
         on_trial=on_trial,
