@@ -20,7 +20,7 @@ from lrsearch.errors import LrsearchError
 from lrsearch.export import export_config
 from lrsearch.pick import Rule, pick, pooled_sd, rank_seeded
 from lrsearch.report import collect
-from lrsearch.search import run_search
+from lrsearch.search import create_study, run_search, run_worker
 from lrsearch.spec import StudySpec
 from lrsearch.storage import open_storage
 from lrsearch.training import TrainResult
@@ -193,3 +193,15 @@ def test_a_budget_the_retrainings_fill_is_refused_before_any_write(
     with pytest.raises(LrsearchError, match="leaves none to search"):
         run_search(spec, storage=sqlite_url, n_trials=4, device="cpu", train_fn=noisy)
     assert optuna.get_all_study_names(open_storage(sqlite_url)) == []
+
+
+def test_a_worker_searches_within_the_budget_left_by_the_retrainings(
+    sqlite_url: str, study_name: str, toy_spec: SpecBuilder
+) -> None:
+    spec = toy_spec(study_name, study={"n_trials": 7}, winner={"reseeds": 1, "top_k": 3})
+    create_study(spec, storage=sqlite_url)
+    summary = run_worker(sqlite_url, study_name, device="cpu", train_fn=noisy)
+    assert summary.budget == 4 and len(summary.outcomes) == 4
+    assert summary.confirmation is None  # workers search only; `lrsearch confirm` decides
+    result = confirm_study(open_storage(sqlite_url), study_name, train_fn=noisy)
+    assert result["new_runs"] == 3 and len(result["trials"]) == 3
