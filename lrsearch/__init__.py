@@ -51,6 +51,7 @@ _EXPORTS = {
     "load_config": "config",
     "build_optimizer": "config",
     "verify_trial": "verify",
+    "confirm_study": "confirm",
 }
 
 __all__ = [
@@ -75,6 +76,7 @@ __all__ = [
     "__version__",
     "build_optimizer",
     "build_param_groups",
+    "confirm_study",
     "export_config",
     "load_config",
     "load_spec",
@@ -108,6 +110,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from lrsearch.analysis import load_trials
     from lrsearch.config import build_optimizer, load_config
+    from lrsearch.confirm import confirm_study
     from lrsearch.errors import (
         ExportError,
         GroupError,

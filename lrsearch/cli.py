@@ -300,6 +300,8 @@ def _summary_text(s: Any) -> str:
         )
     if s.best_lrs is not None:
         lines.append(f"best: trial {s.best_number}, value {_fmt(s.best_value)}")
+        if s.confirmation is not None:
+            lines.append(f"winner {s.confirmation['note']}")
         lines.append(_table(["group", "lr"], [[g, _lr_text(lr)] for g, lr in s.best_lrs.items()]))
     else:
         lines.append("no complete trial yet")
@@ -470,6 +472,12 @@ def pick_options(fn: F) -> F:
         default=None,
         help="The best metric among trials that cost at most this (seconds, or the study's cost).",
     )(fn)
+    fn = click.option(
+        "--within-sd",
+        is_flag=True,
+        help="The cheapest confirmed trial whose mean is within one seed sd of the best mean "
+        "(needs `lrsearch confirm`).",
+    )(fn)
     return click.option(
         "--within",
         type=float,
@@ -478,10 +486,10 @@ def pick_options(fn: F) -> F:
     )(fn)
 
 
-def _rule(within: float | None, max_cost: float | None) -> Any:
+def _rule(within: float | None, max_cost: float | None, within_sd: bool = False) -> Any:
     from lrsearch.pick import Rule
 
-    return Rule(within=within, max_cost=max_cost)
+    return Rule(within=within, max_cost=max_cost, within_sd=within_sd)
 
 
 @main.command()
@@ -504,6 +512,7 @@ def best(
     top: int | None,
     front: bool,
     within: float | None,
+    within_sd: bool,
     max_cost: float | None,
     fmt: str,
 ) -> None:
@@ -515,7 +524,7 @@ def best(
         open_storage(storage, create=False),
         study,
         top=top,
-        rule=_rule(within, max_cost),
+        rule=_rule(within, max_cost, within_sd),
         front=front,
     )
     if fmt == "json":
@@ -523,17 +532,27 @@ def best(
         click.echo(json.dumps(records[0] if one else records, indent=2))
         return
     groups = list(records[0]["lrs"])
-    headers = ["trial", "value", "cost", *groups]
+    seeded = records[0]["seeds"] is not None
+    headers = ["trial", "value", *(["mean", "sd", "seeds"] if seeded else []), "cost", *groups]
     rows = [
         [
             r["trial"],
             r["value"],
+            *(_seed_cells(r["seeds"]) if seeded else []),
             "" if r["cost"] is None else f"{r['cost']:.4g}",
             *[_lr_text(r["lrs"].get(g, math.nan)) for g in groups],
         ]
         for r in records
     ]
     click.echo(_table(headers, rows))
+    if seeded:
+        click.echo(records[0]["ranking"])
+
+
+def _seed_cells(seeds: dict[str, Any] | None) -> list[Any]:
+    if seeds is None:
+        return ["", "", ""]
+    return [seeds["mean"], "" if seeds["sd"] is None else seeds["sd"], seeds["n"]]
 
 
 # As lrsearch.analysis.STATES / FORMATS (not imported: that module pulls in Optuna at start-up).
@@ -610,6 +629,7 @@ def export(
     storage: str | None,
     trial: int | None,
     within: float | None,
+    within_sd: bool,
     max_cost: float | None,
     fmt: str,
     output: Path | None,
@@ -618,11 +638,15 @@ def export(
     from lrsearch.export import export_config, to_python
     from lrsearch.storage import open_storage
 
-    if trial is not None and (within is not None or max_cost is not None):
-        raise click.UsageError("--trial names the trial; --within / --max-cost pick one: give one")
+    if trial is not None and (within is not None or max_cost is not None or within_sd):
+        raise click.UsageError(
+            "--trial names the trial; --within / --max-cost / --within-sd pick one: give one"
+        )
     config = export_config(
-        open_storage(storage, create=False), study, trial, rule=_rule(within, max_cost)
+        open_storage(storage, create=False), study, trial, rule=_rule(within, max_cost, within_sd)
     )
+    if "selection" in config:
+        click.echo(f"trial {config['trial']}: {config['selection']}", err=True)
     text = json.dumps(config, indent=2) + "\n" if fmt == "json" else to_python(config)
     if output is None:
         click.echo(text, nl=False)
@@ -675,6 +699,68 @@ def verify(
         allow_tasks=allow_tasks,
     )
     click.echo(json.dumps(result, indent=2) if fmt == "json" else _verify_text(result))
+
+
+@main.command()
+@study_option
+@storage_option
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Retrain this many of the best trials (default: [winner] top_k, 3).",
+)
+@click.option(
+    "--reseeds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Seeds per trial beyond the search's own (default: [winner] reseeds).",
+)
+@click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@allow_task_option
+def confirm(
+    study: str,
+    storage: str | None,
+    top_k: int | None,
+    reseeds: int | None,
+    device: str | None,
+    fmt: str,
+    allow_tasks: tuple[str, ...],
+) -> None:
+    """Retrain the best trials with more seeds; best, export and report then rank by the mean."""
+    from lrsearch.confirm import confirm_study
+    from lrsearch.storage import open_storage
+
+    def progress(role: str, number: int, run: dict[str, Any]) -> None:
+        value = run["outcome"] if run["value"] is None else _fmt(run["value"])
+        click.echo(f"trial {number}, seed {run['seed']}: {value}", err=True)
+
+    result = confirm_study(
+        open_storage(storage, create=False),
+        study,
+        top_k=top_k,
+        reseeds=reseeds,
+        device=device,
+        on_run=progress,
+        allow_tasks=allow_tasks,
+    )
+    if fmt == "json":
+        click.echo(json.dumps(result, indent=2))
+        return
+    rows = [
+        [
+            t["trial"],
+            t["search_value"],
+            t["mean"],
+            "" if t["sd"] is None else t["sd"],
+            len(t["values"]),
+            t["failed"],
+        ]
+        for t in result["trials"]
+    ]
+    click.echo(_table(["trial", "search", "mean", "sd", "seeds", "failed"], rows))
+    click.echo(result["note"])
 
 
 def _verify_text(r: dict[str, Any]) -> str:

@@ -61,7 +61,6 @@ import signal
 import socket
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -77,11 +76,13 @@ try:  # private but stable since Optuna 3; the dependency is pinned below 6
 except ImportError:  # pragma: no cover
     _tell_with_warning = None  # type: ignore[assignment]
 
+from lrsearch.confirm import confirm_study, search_budget
 from lrsearch.errors import LrsearchError, TaskError, TrialFailure
 from lrsearch.groups import LayerGroups, resolve_groups
 from lrsearch.limits import SEED_RANGE
 from lrsearch.pick import metric, rank
-from lrsearch.space import Sample, SearchSpace
+from lrsearch.sampler import build_sampler
+from lrsearch.space import Sample, SearchSpace, enqueue_start
 from lrsearch.spec import StudySpec
 from lrsearch.storage import (  # the attribute names are re-exported: they were defined here first
     FINISHED,
@@ -179,6 +180,8 @@ class SearchSummary:
     # Of ``seconds``, the time the trainer computed (its reports' storage writes and pruning
     # checks not counted); the rest went to asking, sampling, telling, sweeps and waits.
     training_seconds: float = 0.0
+    # [winner] reseeds: what lrsearch.confirm found once the search budget was met.
+    confirmation: dict[str, Any] | None = None
 
     def count(self, outcome: str) -> int:
         return sum(1 for o in self.outcomes if o.outcome == outcome)
@@ -188,37 +191,30 @@ OnTrial = Callable[[TrialOutcome, SearchSummary], None]
 
 
 def make_sampler(
-    spec: StudySpec, *, offset: int = 0, seeded: bool = True
+    spec: StudySpec, *, space: SearchSpace | None = None, offset: int = 0, seeded: bool = True
 ) -> optuna.samplers.BaseSampler:
-    """The study's sampler; TPE is multivariate with group decomposition so that a group's rate is
-    modelled only in the trials where that group trained (the freeze choice makes the space
-    conditional).
+    """The study's sampler (:mod:`lrsearch.sampler` says which and why).
 
     Args:
         spec: The study's spec; ``[study] seed`` seeds the sampler.
+        space: The resolved space, whose dimension ``[sampler] kind = "auto"`` weighs; default:
+            the spec's named groups.
         offset: Trials the study already has. A resumed seeded study adds it to the seed: the same
             seed again would sample the same random start-up points as the first run did.
         seeded: ``False`` ignores the seed. Workers do: workers that start together see the same
             number of trials, so one seed would have them all sample the same start-up points.
+
+    Raises:
+        LrsearchError: The chosen sampler's package is not installed.
     """
     seed = None
     if spec.study.seed is not None and seeded:
         # Wrapped: NumPy, under Optuna's samplers, takes seeds below 2**32 only, and a study
         # seeded near the top would fail on resume.
         seed = (spec.study.seed + offset) % SEED_RANGE
-    if spec.sampler.kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    with warnings.catch_warnings():
-        # `multivariate` and `group` are flagged experimental, yet they are what a conditional
-        # space needs; the warning would print on every worker start.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(
-            seed=seed,
-            n_startup_trials=spec.sampler.n_startup_trials,
-            multivariate=spec.sampler.multivariate,
-            group=spec.sampler.multivariate,
-            constant_liar=True,
-        )
+    space = space or SearchSpace(spec.space, spec.groups.names)
+    dimensions, conditional = space.dimensions()
+    return build_sampler(spec, seed=seed, dimensions=dimensions, conditional=conditional)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
@@ -310,11 +306,12 @@ def _open_study(
         name,
         spec,
         direction=prepared.direction,
-        sampler=make_sampler(spec),
+        sampler=make_sampler(spec, space=prepared.space),
         pruner=make_pruner(spec),
     )
     if GROUPS_ATTR not in study.user_attrs:  # also when a first run died right after creating it
         study.set_user_attr(GROUPS_ATTR, {g: list(p) for g, p in prepared.groups.patterns})
+    enqueue_start(study, prepared.space)
     return study, resumed
 
 
@@ -396,24 +393,38 @@ def run_search(
             the task (the trial is marked failed with the reason first).
     """
     prepared = prepare(spec, device=device)
+    budget = search_budget(spec, n_trials if n_trials is not None else spec.study.n_trials)
     name = study_name or spec.study.name
     url = resolve_url(storage)
     store = _connect(url)
     study, resumed = _open_study(store, name, prepared)
     if resumed:
-        study.sampler = make_sampler(spec, offset=len(store.get_all_trials(study._study_id)))
+        study.sampler = make_sampler(
+            spec, space=prepared.space, offset=len(store.get_all_trials(study._study_id))
+        )
     loop = _Loop(
         study=study,
         store=store,
         prepared=prepared,
         device=resolve_device(device),
-        budget=n_trials if n_trials is not None else spec.study.n_trials,
+        budget=budget,
         limit=timeout if timeout is not None else spec.study.timeout,
         trainer=_trainer(trainer, train_fn),
         on_trial=on_trial,
         requeue_interrupted=False,
     )
-    return _search(loop, _summary(loop, name, url, resumed=resumed))
+    summary = _search(loop, _summary(loop, name, url, resumed=resumed))
+    if (
+        spec.winner.reseeds
+        and not summary.interrupted
+        and store.count(study._study_id).counted >= budget
+    ):
+        # The search budget is met: the retrainings reserved from n_trials name the winner.
+        # The study file given here is the user's own: its entry is allowed (lrsearch.trust).
+        summary.confirmation = confirm_study(
+            store, name, device=device, train_fn=train_fn, allow_tasks=(spec.task.entry,)
+        )
+    return summary
 
 
 def run_worker(
@@ -462,7 +473,7 @@ def run_worker(
     spec = stored_spec(study)
     check_stored_entry(spec.task.entry, study_name, allow_tasks)
     prepared = prepare(spec, device=device)
-    study.sampler = make_sampler(spec, seeded=False)
+    study.sampler = make_sampler(spec, space=prepared.space, seeded=False)
     study.pruner = make_pruner(spec)
     if GROUPS_ATTR not in study.user_attrs:
         study.set_user_attr(GROUPS_ATTR, {g: list(p) for g, p in prepared.groups.patterns})
@@ -471,7 +482,7 @@ def run_worker(
         store=store,
         prepared=prepared,
         device=resolve_device(device),
-        budget=n_trials if n_trials is not None else spec.study.n_trials,
+        budget=search_budget(spec, n_trials if n_trials is not None else spec.study.n_trials),
         limit=spec.study.timeout,
         trainer=_trainer(trainer, train_fn),
         on_trial=on_trial,

@@ -127,6 +127,22 @@ def test_a_worker_runs_an_entry_allowed_by_the_environment(
     assert ran.exit_code == 0, ran.output
 
 
+def test_confirm_refuses_a_tampered_entry_and_run_confirms_its_own_files_entry(
+    sqlite_url: str, study_name: str, toy_spec: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ENV_VAR)
+    # run's own study file names the entry: its confirmation retrains without an allow-list.
+    spec = toy_spec(study_name, study={"n_trials": 4}, winner={"reseeds": 1, "top_k": 1})
+    summary = run_search(spec, storage=sqlite_url, device="cpu")
+    assert summary.confirmation is not None and summary.confirmation["new_runs"] == 1
+    _tamper(sqlite_url, study_name, "os:system", {"command": "echo PWNED"})
+    before = _state(sqlite_url, study_name)
+    result = invoke("confirm", "--storage", sqlite_url, "--study", study_name, "--reseeds", "2")
+    assert result.exit_code == 1
+    assert "'os:system'" in result.output and "--allow-task os:system" in result.output
+    assert _state(sqlite_url, study_name) == before
+
+
 def test_launched_workers_may_run_the_launch_files_entry() -> None:
     (w,) = plan_workers(
         study="s",
