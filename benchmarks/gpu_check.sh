@@ -46,7 +46,7 @@ step realistic 100 python3 benchmarks/bench_throughput.py --device cuda --tasks 
   --size realistic --trials 8 --ks 8 --modes plain --sweep-trials 0 \
   --out "$out/throughput_realistic_cuda.json"
 step vs_plain 60 python3 benchmarks/bench_vs_plain.py --device cuda --out "$out/vs_plain_cuda.json"
-step gpu_share 100 python3 benchmarks/bench_gpu_share.py --device cuda --trials 24 --k 8 \
+step gpu_share 100 python3 benchmarks/bench_gpu_share.py --device cuda --trials 12 --k 4 \
   --workers 4 --out "$out/gpu_share_cuda.json"
 step profile 50 python3 benchmarks/profile_trial.py --device cuda --size default --trials 3 --k 8 \
   --chunks 1 --out "$out/profile_trial_cuda.json"
