@@ -84,6 +84,8 @@ def _lrsearch() -> list[str]:
 def _env(url: str | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LRSEARCH_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH")) if p)
+    # The workers run the stored toy task: allowed as a user would allow their own (lrsearch.trust).
+    env["LRSEARCH_ALLOW_TASKS"] = "toy_tasks:*"
     env["PYTHONUNBUFFERED"] = "1"
     if url is not None:
         env["LRSEARCH_STORAGE"] = url
