@@ -59,8 +59,10 @@ import math
 import os
 import signal
 import socket
+import sys
 import threading
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -251,7 +253,13 @@ class Prepared:
         return float(result.seconds)
 
 
-def prepare(spec: StudySpec, *, device: str | None = None, check_device: bool = True) -> Prepared:
+def prepare(
+    spec: StudySpec,
+    *,
+    device: str | None = None,
+    check_device: bool = True,
+    task: Task | None = None,
+) -> Prepared:
     """Build the task, resolve the groups on one model and check the space, before any write.
 
     Args:
@@ -259,6 +267,8 @@ def prepare(spec: StudySpec, *, device: str | None = None, check_device: bool = 
         device: The device trials will run on (checked with ``[train] precision``).
         check_device: ``False`` skips the device check: ``create`` may run on a machine without
             the workers' GPUs.
+        task: The task itself, in place of importing ``[task] entry`` (``lrsearch.search``'s
+            in-memory model and data).
 
     Raises:
         LrsearchError: Any problem with the task, groups, space or device.
@@ -266,7 +276,8 @@ def prepare(spec: StudySpec, *, device: str | None = None, check_device: bool = 
     if check_device:
         resolve_precision(spec.train.precision, resolve_device(device))
     try:
-        task = load_task(spec.task.entry, spec.task.kwargs)
+        if task is None:
+            task = load_task(spec.task.entry, spec.task.kwargs)
     except LrsearchError:
         raise
     except Exception as e:  # the task's own factory raised: a user error, not ours
@@ -362,6 +373,7 @@ def run_search(
     on_trial: OnTrial | None = None,
     train_fn: TrainFn | None = None,
     trainer: TrainerLike | None = None,
+    task: Task | None = None,
 ) -> SearchSummary:
     """Run (or resume) a study until it has ``n_trials`` finished trials or ``timeout`` passes.
 
@@ -378,6 +390,7 @@ def run_search(
             batch_trials``) still stack with ``trainer.train_many``, and use it when they cannot.
         trainer: Trains the trials (default: ``lrsearch.training.DEFAULT``, whose prefix cache
             the process's searches share).
+        task: The task object, in place of importing ``[task] entry`` (see :func:`prepare`).
 
     Returns:
         What this run did; ``interrupted`` is set when Ctrl-C or SIGTERM stopped it.
@@ -386,7 +399,7 @@ def run_search(
         LrsearchError: Bad input (nothing is written), or the task failed in a way that is a bug in
             the task (the trial is marked failed with the reason first).
     """
-    prepared = prepare(spec, device=device)
+    prepared = prepare(spec, device=device, task=task)
     name = study_name or spec.study.name
     url = resolve_url(storage)
     store = _connect(url)
@@ -1164,3 +1177,19 @@ def _finish(
         seconds=time.perf_counter() - start,
         reason=reason,
     )
+
+
+class _NotebookModule(types.ModuleType):
+    """This module, callable as ``lrsearch.search(model_fn, train, val, ...)``.
+
+    Importing ``lrsearch.search`` makes it the package's ``search`` attribute, which is also the
+    name of the notebook API (:func:`lrsearch.notebook.search`): a call goes there.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from lrsearch.notebook import search
+
+        return search(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _NotebookModule
