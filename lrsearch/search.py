@@ -277,7 +277,8 @@ def prepare(
         resolve_precision(spec.train.precision, resolve_device(device))
     try:
         if task is None:
-            task = load_task(spec.task.entry, spec.task.kwargs)
+            folders = [spec.task.folder] if spec.task.folder else []
+            task = load_task(spec.task.entry, spec.task.kwargs, folders=folders)
     except LrsearchError:
         raise
     except Exception as e:  # the task's own factory raised: a user error, not ours
