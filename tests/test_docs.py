@@ -111,3 +111,24 @@ def test_quickstart_runs_exactly_as_the_readme_says(tmp_path: Path) -> None:
     # by far, and trains the head.
     assert record["value"] > 0.6
     assert record["lrs"]["head"] > 0
+
+
+def test_the_notebook_example_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    section = README.split("## From Python (a notebook): `lrsearch.search`", 1)[1]
+    found = re.search(r"<!-- lrsearch-example: notebook -->\s*```python\n(.*?)```", section, re.S)
+    assert found, "the notebook section has no example marked <!-- lrsearch-example: notebook -->"
+    monkeypatch.chdir(tmp_path)  # its sqlite:///notebook.db lands here
+    threads = torch.get_num_threads()
+    namespace: dict[str, object] = {"__name__": "readme_notebook"}
+    try:
+        exec(compile(found.group(1), "README:notebook", "exec"), namespace)
+    finally:
+        torch.set_num_threads(threads)
+    best = namespace["best"]
+    assert (tmp_path / "notebook.db").is_file()
+    assert set(best.lrs) == {"body", "head"}  # type: ignore[attr-defined]
+    assert 0.0 <= best.value <= 1.0  # type: ignore[attr-defined]
