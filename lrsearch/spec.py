@@ -65,7 +65,7 @@ class TaskSection:
     kwargs: dict[str, Any] = field(default_factory=dict)
     # The study file's folder, where the entry's module is looked for too (tasks.load_task);
     # where the file is, not what it searches: never stored, never compared.
-    folder: str | None = field(default=None, compare=False)
+    folder: str | None = field(default=None, compare=False, metadata={"in_file": False})
 
 
 @dataclass(frozen=True)

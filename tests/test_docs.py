@@ -75,7 +75,10 @@ def test_readme_study_file_reference_names_every_key() -> None:
     for section in dataclasses.fields(spec.StudySpec):
         table = getattr(spec, str(section.type))
         for key in dataclasses.fields(table):
-            # [groups] holds the group names themselves; its one key is auto_depth.
+            # [groups] holds the group names themselves; its one key is auto_depth. A field that
+            # says where the file is ([task] folder) is not a key of it.
+            if not key.metadata.get("in_file", True):
+                continue
             if key.name != "patterns" and not re.search(rf"^#?\s*{key.name} =", reference, re.M):
                 missing.append(f"[{section.name}] {key.name}")
     assert not missing, f"keys the study file reference does not show: {missing}"
