@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrsearch.errors import TaskError
+from lrsearch.errors import TaskError, TaskSpecError
 
 Batch = Any
 """A tensor, or a tuple/list/dict of tensors; the trainer moves it to the trial's device."""
@@ -266,7 +266,7 @@ def load_task(
     """
     module_name, sep, attr = entry.partition(":")
     if not sep or not module_name or not attr:
-        raise TaskError(
+        raise TaskSpecError(
             f"task entry {entry!r} must look like 'package.module:function' "
             "(e.g. 'lrsearch.tasks.digits:digits_transfer')"
         )
@@ -311,7 +311,7 @@ def _load(entry: str, module_name: str, attr: str, kwargs: dict[str, Any] | None
         try:
             signature.bind(**(kwargs or {}))
         except TypeError as e:
-            raise TaskError(
+            raise TaskSpecError(
                 f"task {entry!r} does not take [task] kwargs {kwargs or {}}: {e}; its "
                 f"parameters are {signature}"
             ) from e
