@@ -188,10 +188,11 @@ class _ProgressBar:
             # Elapsed time and rate count the first trial too (not "21 trial/s" for a 51 s one).
             self.bar.start_t = self.bar.last_print_t = self.started
         self.bar.update(1)
+        # The counts of the summary's "this run" line, word for word: a diverged trial is not
+        # counted as pruned in one and apart in the other.
+        counts = {k: summary.count(k) for k in ("complete", "pruned", "diverged", "failed")}
         self.bar.set_postfix(
-            complete=summary.count("complete"),
-            pruned=summary.count("pruned") + summary.count("diverged"),
-            failed=summary.count("failed"),
+            **{k: n for k, n in counts.items() if n or k in ("complete", "pruned")},
             best=_fmt(summary.best_value),
             refresh=False,
         )

@@ -424,3 +424,28 @@ def test_progress_bar_times_the_first_trial_too() -> None:
         assert shown["rate"] == pytest.approx(1 / 50.0, rel=0.05)  # not thousands of trials/s
     finally:
         bar.close()
+
+
+def test_the_progress_bar_and_the_summary_agree_on_every_count() -> None:
+    import re
+
+    from lrsearch.cli import _ProgressBar, _summary_text
+    from lrsearch.search import SearchSummary, TrialOutcome
+
+    summary = SearchSummary("s", "sqlite:///x.db", "maximize", 5, False, 0)
+    bar = _ProgressBar()
+    for i, outcome in enumerate(["complete", "pruned", "diverged", "pruned", "failed"]):
+        summary.outcomes.append(TrialOutcome(i, outcome, 0.5, {"head": 1e-3}, 0.1))
+        bar.update(summary.outcomes[-1], summary)
+    try:
+        shown = bar.bar.format_dict["postfix"]
+    finally:
+        bar.close()
+    line = _summary_text(summary).splitlines()[1]
+    in_line = {
+        word: int(n) for n, word in re.findall(r"(\d+) (complete|pruned|diverged|failed)", line)
+    }
+    in_bar = {
+        word: int(n) for word, n in re.findall(r"(complete|pruned|diverged|failed)=(\d+)", shown)
+    }
+    assert in_bar == in_line == {"complete": 1, "pruned": 2, "diverged": 1, "failed": 1}
