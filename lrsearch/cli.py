@@ -385,17 +385,21 @@ def best(
         click.echo(json.dumps(records[0] if one else records, indent=2))
         return
     groups = list(records[0]["lrs"])
-    headers = ["trial", "value", "cost", *groups]
+    # Every searched value: the rates, then weight decay and any other knob of any shown trial.
+    knobs = list(dict.fromkeys(k for r in records for k in r["knobs"]))
+    headers = ["trial", "value", "cost", *groups, *knobs]
     rows = [
         [
             r["trial"],
             r["value"],
             "" if r["cost"] is None else f"{r['cost']:.4g}",
             *[_lr_text(r["lrs"].get(g, math.nan)) for g in groups],
+            *["" if k not in r["knobs"] else f"{r['knobs'][k]:.3g}" for k in knobs],
         ]
         for r in records
     ]
     click.echo(_table(headers, rows))
+    click.echo(f"cost: {records[0]['cost_meaning']}")
 
 
 # As lrsearch.analysis.STATES / FORMATS (not imported: that module pulls in Optuna at start-up).

@@ -106,8 +106,9 @@ def test_studies_lists_the_study(finished: Finished) -> None:
 def test_best_table(finished: Finished) -> None:
     result = invoke("best", "--study", finished.name, "--storage", finished.url)
     assert result.exit_code == 0, result.output
-    header, _, row = result.stdout.strip().splitlines()
+    header, _, row, cost = result.stdout.strip().splitlines()
     assert header.split() == ["trial", "value", "cost", *GROUPS]
+    assert cost.startswith("cost: the trial's wall time in seconds")
     best = finished.study.best_trial
     assert int(row.split()[0]) == best.number
     assert float(row.split()[2]) == pytest.approx(best.duration.total_seconds(), rel=1e-3)
@@ -131,7 +132,63 @@ def test_best_top(finished: Finished, top: int) -> None:
     values = sorted((t.value for t in finished.study.trials), reverse=True)
     assert [r["value"] for r in records] == values[:top]
     table = invoke(*args)
-    assert len(table.stdout.strip().splitlines()) == 2 + top
+    assert len(table.stdout.strip().splitlines()) == 2 + top + 1  # + what cost is
+
+
+def _fake_train(*args: Any, seed: int, report: Callable[[int, float], None], **kwargs: Any) -> Any:
+    from lrsearch.training import TrainResult
+
+    report(0, 0.5 + 0.01 * seed)
+    return TrainResult(0.5 + 0.01 * seed, 1, 1, 0.0, "cpu", "fp32")
+
+
+@pytest.mark.parametrize(
+    ("space", "cost", "knobs", "meaning"),
+    [
+        (
+            {"weight_decay": [1e-4, 1e-1]},
+            "examples",
+            ["weight_decay"],
+            "examples trained x the share of parameters that train, the study's second objective",
+        ),
+        (
+            {"kind": "layer_decay", "freeze": None, "head": ["head"], "weight_decay": 0.01},
+            None,
+            ["weight_decay", "base_lr", "decay", "head_multiplier"],
+            "the trial's wall time in seconds",
+        ),
+    ],
+)
+def test_best_shows_every_searched_value_and_what_cost_is(
+    sqlite_url: str,
+    study_name: str,
+    space: dict[str, Any],
+    cost: str | None,
+    knobs: list[str],
+    meaning: str,
+) -> None:
+    from lrsearch.search import run_search
+    from lrsearch.spec import StudySpec
+
+    data = toy_spec_data(
+        study_name,
+        study={"n_trials": 6, "cost": cost},
+        space=space,
+        pruner={"kind": "none"},
+    )
+    run_search(StudySpec.from_dict(data), storage=sqlite_url, device="cpu", train_fn=_fake_train)
+    args = ("best", "--study", study_name, "--storage", sqlite_url, "--top", "5")
+    lines = invoke(*args).stdout.strip().splitlines()
+    assert lines[0].split() == ["trial", "value", "cost", *GROUPS, *knobs]
+    assert len(lines) == 2 + 5 + 1 and lines[-1].startswith(f"cost: {meaning}")
+    records = json.loads(invoke(*args, "--format", "json").stdout)
+    for line, record in zip(lines[2:-1], records, strict=True):
+        cells = line.split()
+        assert list(record["knobs"]) == knobs
+        shown = cells[3 + len(GROUPS) :]
+        assert [float(c) for c in shown] == pytest.approx(
+            [record["knobs"][k] for k in knobs], rel=5e-3
+        )
 
 
 def test_export_json_and_file(finished: Finished, tmp_path: Path) -> None:
