@@ -135,3 +135,27 @@ def test_the_notebook_example_runs_as_written(
     assert (tmp_path / "notebook.db").is_file()
     assert set(best.lrs) == {"body", "head"}  # type: ignore[attr-defined]
     assert 0.0 <= best.value <= 1.0  # type: ignore[attr-defined]
+
+
+# Words that name what a number in a study file counts or measures.
+_UNIT_WORDS = (
+    "levels",
+    "seconds",
+    "steps",
+    "trials",
+    "examples",
+    "MiB",
+    "fraction",
+    "epochs",
+    "seed",
+    "no unit",
+    "norm",
+)
+
+
+def test_every_number_in_the_study_file_reference_says_its_unit() -> None:
+    reference = README.split("## Study file reference", 1)[1].split("### How a trial ends", 1)[0]
+    numbers = re.findall(r"^#?\s*(\w+) = (-?[0-9][0-9.e+-]*)\s*(?:#(.*))?$", reference, re.M)
+    assert len(numbers) > 10
+    missing = [key for key, _, comment in numbers if not any(w in comment for w in _UNIT_WORDS)]
+    assert not missing, f"study file keys whose comment names no unit: {missing}"
