@@ -513,17 +513,43 @@ def export(
 )
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option(
+    "--baseline",
+    type=click.Choice(["single"]),
+    default=None,
+    help="single: first search one rate for every group (a study of its own, beside this one) "
+    "and compare with its best trial.",
+)
+@click.option(
+    "--baseline-trials",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="The budget of that one-rate search.",
+)
 def verify(
-    study: str, storage: str | None, trial: int | None, seeds: int, device: str | None, fmt: str
+    study: str,
+    storage: str | None,
+    trial: int | None,
+    seeds: int,
+    device: str | None,
+    fmt: str,
+    baseline: str | None,
+    baseline_trials: int,
 ) -> None:
     """Retrain a trial (default: the best) and the best single-rate trial with fresh seeds."""
     from lrsearch.storage import open_storage
-    from lrsearch.verify import verify_trial
+    from lrsearch.verify import run_single_baseline, verify_trial
 
     def progress(role: str, number: int, run: dict[str, Any]) -> None:
         value = run["outcome"] if run["value"] is None else _fmt(run["value"])
         click.echo(f"{role} trial {number}, seed {run['seed']}: {value}", err=True)
 
+    baseline_study = None
+    if baseline == "single":
+        baseline_study = run_single_baseline(
+            storage, study, n_trials=baseline_trials, device=device, on_trial=_baseline_line
+        )
     result = verify_trial(
         open_storage(storage, create=False),
         study,
@@ -531,8 +557,14 @@ def verify(
         seeds=seeds,
         device=device,
         on_run=progress,
+        baseline_study=baseline_study,
     )
     click.echo(json.dumps(result, indent=2) if fmt == "json" else _verify_text(result))
+
+
+def _baseline_line(outcome: Any, summary: Any) -> None:
+    click.echo(f"single-rate baseline ({summary.study}), ", err=True, nl=False)
+    _trial_line(outcome, summary)
 
 
 def _verify_text(r: dict[str, Any]) -> str:
@@ -554,7 +586,8 @@ def _verify_text(r: dict[str, Any]) -> str:
     ]
     for c in r["configs"]:
         rates = ", ".join(f"{g} {_lr_text(lr)}" for g, lr in c["lrs"].items())
-        lines.append(f"{c['role']}: trial {c['trial']} ({rates})")
+        where = "" if c.get("study", r["study"]) == r["study"] else f" of study {c['study']!r}"
+        lines.append(f"{c['role']}: trial {c['trial']}{where} ({rates})")
     comparison = r["comparison"]
     if comparison and comparison["difference"] is not None:
         spread = comparison["spread"]
