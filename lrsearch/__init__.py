@@ -19,6 +19,7 @@ _EXPORTS = {
     "LrsearchError": "errors",
     "SpecError": "errors",
     "TaskError": "errors",
+    "UntrustedTaskError": "errors",
     "GroupError": "errors",
     "StorageError": "errors",
     "StudyNotFoundError": "errors",
@@ -72,6 +73,7 @@ __all__ = [
     "TensorClassificationTask",
     "TrainResult",
     "TrialOutcome",
+    "UntrustedTaskError",
     "__version__",
     "build_optimizer",
     "build_param_groups",
@@ -122,6 +124,7 @@ if TYPE_CHECKING:
         StudyMismatchError,
         StudyNotFoundError,
         TaskError,
+        UntrustedTaskError,
     )
     from lrsearch.export import export_config, to_python
     from lrsearch.groups import LayerGroups, build_param_groups, make_optimizer, resolve_groups

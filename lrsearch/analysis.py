@@ -251,8 +251,11 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     infos = [trial_info(t) for t in trials]
     lrs = [{g: _float(info["lrs"].get(g)) for g in groups} for info in infos]
     knobs = ["weight_decay"]
+    # lrsearch's own parameters show as lr.<group> / frozen.<group>; any other, also a plain
+    # Optuna study's "lr.head", is a column of its own.
+    ours = {f"{kind}.{g}" for g in groups for kind in ("lr", "freeze")}
     for t in trials:
-        knobs.extend(n for n in t.params if not n.startswith(("lr.", "freeze.")) and n not in knobs)
+        knobs.extend(n for n in t.params if n not in ours and n not in knobs)
     cols: dict[str, Any] = {
         "number": pd.Series([t.number for t in trials], dtype="int64"),
         "state": pd.Series([trial_state(t) for t in trials]),

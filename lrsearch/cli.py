@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import signal
 import sys
@@ -86,8 +87,32 @@ def threads_option(f: F) -> F:
     )(f)
 
 
+def allow_task_option(f: F) -> F:
+    """``--allow-task ENTRY``: a stored task entry this command may import and run."""
+    return click.option(
+        "--allow-task",
+        "allow_tasks",
+        multiple=True,
+        metavar="MODULE:FUNCTION",
+        help="Run this task entry if the study names it (repeatable; MODULE:* allows a module). "
+        "Built-in tasks are always allowed; $LRSEARCH_ALLOW_TASKS adds more, comma-separated.",
+    )(f)
+
+
+def _study_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--study``: one rule for every command (``""`` is no study, never the file's name)."""
+    from lrsearch.limits import study_name_problem
+
+    problem = None if value is None else study_name_problem(value)
+    if problem:
+        raise LrsearchError(f"--study: a study name {problem}")
+    return value
+
+
 def study_option(f: F) -> F:
-    return click.option("--study", "study", required=True, metavar="NAME", help="Study name.")(f)
+    return click.option(
+        "--study", "study", required=True, metavar="NAME", callback=_study_name, help="Study name."
+    )(f)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -105,7 +130,14 @@ def main(debug: bool) -> None:
 @main.command()
 @click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
 @storage_option
-@click.option("--study", "study", default=None, metavar="NAME", help="Default: [study] name.")
+@click.option(
+    "--study",
+    "study",
+    default=None,
+    metavar="NAME",
+    callback=_study_name,
+    help="Default: [study] name.",
+)
 @click.option(
     "--n-trials",
     type=click.IntRange(min=1),
@@ -171,6 +203,7 @@ class _ProgressBar:
 
     def __init__(self) -> None:
         self.bar: Any = None
+        self.log: logging.Handler | None = None
         self.started = time.time()  # the bar appears with the first trial's end, timed from here
 
     def update(self, outcome: Any, summary: Any) -> None:
@@ -187,6 +220,9 @@ class _ProgressBar:
             )
             # Elapsed time and rate count the first trial too (not "21 trial/s" for a 51 s one).
             self.bar.start_t = self.bar.last_print_t = self.started
+            # Warnings (a storage retry) go above the bar, not onto its line.
+            self.log = _AboveBar()
+            logging.getLogger("lrsearch").addHandler(self.log)
         self.bar.update(1)
         # The counts of the summary's "this run" line, word for word: a diverged trial is not
         # counted as pruned in one and apart in the other.
@@ -198,8 +234,26 @@ class _ProgressBar:
         )
 
     def close(self) -> None:
+        if self.log is not None:
+            logging.getLogger("lrsearch").removeHandler(self.log)
         if self.bar is not None:
             self.bar.close()
+
+
+class _AboveBar(logging.Handler):
+    """lrsearch's warnings, printed as without a bar (Python's last-resort stderr handler would),
+    but through tqdm, which clears the bar's line first and redraws it below."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # as logging's own handlers: a failed warning never stops a search
+            self.handleError(record)
 
 
 def _fmt(value: Any) -> str:
@@ -233,6 +287,13 @@ def _summary_text(s: Any) -> str:
         + (f", {s.count('lost')} lost to a heartbeat sweep" if s.count("lost") else "")
         + (", 1 interrupted" if s.interrupted else ""),
     ]
+    if ran and s.seconds > 0:
+        outside = max(s.seconds - s.training_seconds, 0.0)
+        lines.append(
+            f"time: {s.training_seconds:.1f} s training, {outside:.1f} s "
+            f"({100 * outside / s.seconds:.0f}%) outside it: asking and telling the storage, "
+            "sampling, pruning checks, waits"
+        )
     if ran == 0 and not s.interrupted:
         lines.append(
             f"the study already has {s.already_finished} finished trial(s), its budget is "
@@ -246,10 +307,75 @@ def _summary_text(s: Any) -> str:
     return "\n".join(lines)
 
 
+def _kwarg(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    from lrsearch.init import parse_kwarg
+
+    try:
+        return dict(parse_kwarg(v) for v in values)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+
+
+@main.command()
+@click.argument("model", metavar="MODEL")
+@click.option(
+    "-k",
+    "--kwarg",
+    "kwargs",
+    multiple=True,
+    callback=_kwarg,
+    metavar="KEY=VALUE",
+    help="A [task] kwarg (repeatable); VALUE is read as TOML (200, [1, 2]), else as text.",
+)
+@click.option(
+    "--blocks",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Groups the repeated blocks are split into.",
+)
+@click.option("--name", default=None, metavar="NAME", help="Study name (default: from MODEL).")
+@click.option("--n-trials", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Write the study file here (default: print it).",
+)
+def init(
+    model: str,
+    kwargs: dict[str, Any],
+    blocks: int,
+    name: str | None,
+    n_trials: int,
+    output: Path | None,
+) -> None:
+    """Write a study file for MODEL: a built-in task, a task entry or a Hugging Face folder."""
+    from lrsearch.init import study_text
+    from lrsearch.threads import set_threads
+
+    set_threads(None)
+    text = study_text(model, kwargs, blocks=blocks, name=name, n_trials=n_trials)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    output.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {output}; run it with: lrsearch run {output}", err=True)
+
+
 @main.command()
 @click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
 @storage_option
-@click.option("--study", "study", default=None, metavar="NAME", help="Default: [study] name.")
+@click.option(
+    "--study",
+    "study",
+    default=None,
+    metavar="NAME",
+    callback=_study_name,
+    help="Default: [study] name.",
+)
 def create(spec_file: Path, storage: str | None, study: str | None) -> None:
     """Create the study in SPEC for workers to join (or check it), without running a trial."""
     from lrsearch.search import create_study
@@ -281,15 +407,28 @@ def create(spec_file: Path, storage: str | None, study: str | None) -> None:
 )
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
 @threads_option
+@allow_task_option
 def worker(
-    storage: str | None, study: str, n_trials: int | None, device: str | None, threads: int | None
+    storage: str | None,
+    study: str,
+    n_trials: int | None,
+    device: str | None,
+    threads: int | None,
+    allow_tasks: tuple[str, ...],
 ) -> None:
     """Join a study and run its trials until its budget is met (SIGTERM: stop cleanly, exit 0)."""
     from lrsearch.search import run_worker
     from lrsearch.threads import set_threads
 
     set_threads(threads)
-    summary = run_worker(storage, study, n_trials=n_trials, device=device, on_trial=_trial_line)
+    summary = run_worker(
+        storage,
+        study,
+        n_trials=n_trials,
+        device=device,
+        on_trial=_trial_line,
+        allow_tasks=allow_tasks,
+    )
     click.echo(_summary_text(summary))
     stopped = [o.number for o in summary.outcomes if o.outcome == "interrupted"]
     if stopped:
@@ -527,6 +666,7 @@ def export(
     show_default=True,
     help="The budget of that one-rate search.",
 )
+@allow_task_option
 def verify(
     study: str,
     storage: str | None,
@@ -536,6 +676,7 @@ def verify(
     fmt: str,
     baseline: str | None,
     baseline_trials: int,
+    allow_tasks: tuple[str, ...],
 ) -> None:
     """Retrain a trial (default: the best) and the best single-rate trial with fresh seeds."""
     from lrsearch.storage import open_storage
@@ -548,7 +689,12 @@ def verify(
     baseline_study = None
     if baseline == "single":
         baseline_study = run_single_baseline(
-            storage, study, n_trials=baseline_trials, device=device, on_trial=_baseline_line
+            storage,
+            study,
+            n_trials=baseline_trials,
+            device=device,
+            on_trial=_baseline_line,
+            allow_tasks=allow_tasks,
         )
     result = verify_trial(
         open_storage(storage, create=False),
@@ -558,6 +704,7 @@ def verify(
         device=device,
         on_run=progress,
         baseline_study=baseline_study,
+        allow_tasks=allow_tasks,
     )
     click.echo(json.dumps(result, indent=2) if fmt == "json" else _verify_text(result))
 
@@ -630,7 +777,14 @@ def _devices_option(ctx: click.Context, param: click.Parameter, value: str | Non
     "round-robin.",
 )
 @storage_option
-@click.option("--study", "study", default=None, metavar="NAME", help="Default: [study] name.")
+@click.option(
+    "--study",
+    "study",
+    default=None,
+    metavar="NAME",
+    callback=_study_name,
+    help="Default: [study] name.",
+)
 @click.option(
     "--n-trials",
     type=click.IntRange(min=1),

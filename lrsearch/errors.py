@@ -53,6 +53,10 @@ class TaskSpecError(TaskError):
     exit_code = 2
 
 
+class UntrustedTaskError(TaskError):
+    """A task entry read from a study that this process was not told to run (lrsearch.trust)."""
+
+
 class GroupError(LrsearchError):
     """Layer groups do not partition a model's trainable parameters (the study file is wrong)."""
 

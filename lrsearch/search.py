@@ -81,6 +81,7 @@ except ImportError:  # pragma: no cover
 
 from lrsearch.errors import LrsearchError, TaskError, TrialFailure
 from lrsearch.groups import LayerGroups, resolve_groups
+from lrsearch.limits import SEED_RANGE
 from lrsearch.pick import metric, rank
 from lrsearch.space import Sample, SearchSpace
 from lrsearch.spec import StudySpec
@@ -114,6 +115,7 @@ from lrsearch.training import (
     resolve_device,
     resolve_precision,
 )
+from lrsearch.trust import check_stored_entry
 
 __all__ = [
     "FINISHED",
@@ -176,6 +178,9 @@ class SearchSummary:
     best_lrs: dict[str, float] | None = None
     interrupted: bool = False
     seconds: float = 0.0
+    # Of ``seconds``, the time the trainer computed (its reports' storage writes and pruning
+    # checks not counted); the rest went to asking, sampling, telling, sweeps and waits.
+    training_seconds: float = 0.0
 
     def count(self, outcome: str) -> int:
         return sum(1 for o in self.outcomes if o.outcome == outcome)
@@ -198,7 +203,11 @@ def make_sampler(
         seeded: ``False`` ignores the seed. Workers do: workers that start together see the same
             number of trials, so one seed would have them all sample the same start-up points.
     """
-    seed = None if spec.study.seed is None or not seeded else spec.study.seed + offset
+    seed = None
+    if spec.study.seed is not None and seeded:
+        # Wrapped: NumPy, under Optuna's samplers, takes seeds below 2**32 only, and a study
+        # seeded near the top would fail on resume.
+        seed = (spec.study.seed + offset) % SEED_RANGE
     if spec.sampler.kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():
@@ -430,6 +439,7 @@ def run_worker(
     on_trial: OnTrial | None = None,
     train_fn: TrainFn | None = None,
     trainer: TrainerLike | None = None,
+    allow_tasks: Sequence[str] = (),
 ) -> SearchSummary:
     """Join an existing study and run its trials until its budget is met, with its stored spec.
 
@@ -449,18 +459,22 @@ def run_worker(
             batch_trials``) still stack with ``trainer.train_many``, and use it when they cannot.
         trainer: Trains the trials (default: ``lrsearch.training.DEFAULT``, whose prefix cache
             the process's searches share).
+        allow_tasks: Task entries this worker may run besides the built-in ones and
+            ``$LRSEARCH_ALLOW_TASKS`` (see :mod:`lrsearch.trust`).
 
     Returns:
         What this worker did; ``interrupted`` is set when a signal stopped it.
 
     Raises:
         StudyNotFoundError: No such study.
+        UntrustedTaskError: The stored task entry is not allowed here (nothing is imported).
         LrsearchError: The stored spec or the task does not load here, or a bug in the task.
     """
     url = resolve_url(storage)
     store = _connect(url)
     study = load_study(store, study_name)
     spec = stored_spec(study)
+    check_stored_entry(spec.task.entry, study_name, allow_tasks)
     prepared = prepare(spec, device=device)
     study.sampler = make_sampler(spec, seeded=False)
     study.pruner = make_pruner(spec)
@@ -480,6 +494,13 @@ def run_worker(
     return _search(loop, _summary(loop, study_name, url, resumed=True))
 
 
+class _Timing:
+    """Seconds in the trainer, and of them in the trials' reports (storage and pruner)."""
+
+    def __init__(self) -> None:
+        self.trainer = self.reports = 0.0
+
+
 @dataclass(frozen=True)
 class _Loop:
     """What the one search loop needs, from ``run`` or ``worker``."""
@@ -495,6 +516,7 @@ class _Loop:
     requeue_interrupted: bool
     # Why a batch first fell back to one trial at a time (then logged as a warning), if one did.
     fell_back: list[str] = field(default_factory=list)
+    timing: _Timing = field(default_factory=_Timing)
 
     @property
     def grace(self) -> int:
@@ -579,6 +601,7 @@ def _search(loop: _Loop, summary: SearchSummary) -> SearchSummary:
             _fail_if_running(study, trial, requeue=loop.requeue_interrupted)
     finally:
         summary.seconds = time.perf_counter() - start
+        summary.training_seconds = loop.timing.trainer - loop.timing.reports
         loop.store.release()
     _update_best(summary, study)  # other workers may have found better meanwhile
     return summary
@@ -796,6 +819,9 @@ class _Heartbeat:
         self._store = store
         self._interval = interval
         self._trial_ids: tuple[int, ...] = ()
+        # Messages name a trial by its number in the study, as every other line does, not by the
+        # database's id.
+        self._numbers: dict[int, int] = {}
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lrsearch-heartbeat", daemon=True)
         self.failures = 0
@@ -814,18 +840,22 @@ class _Heartbeat:
         self._closing.set()
         self._thread.join(timeout=5.0)  # a beat stuck on a locked database is left to die with us
 
-    def track(self, trial_id: int | None) -> None:
-        """Beat for ``trial_id`` alone from now on (``None``: for no trial)."""
+    def track(self, trial_id: int | None, number: int | None = None) -> None:
+        """Beat for ``trial_id`` (trial ``number``) alone from now on (``None``: for no trial)."""
         if trial_id is not None:
             # At once, not one interval later: a trial whose worker dies before its first
             # heartbeat could never be found stale.
             self._store.record_heartbeat(trial_id)
         self._trial_ids = () if trial_id is None else (trial_id,)
+        if trial_id is not None and number is not None:
+            self._numbers[trial_id] = number
 
-    def add(self, trial_id: int) -> None:
+    def add(self, trial_id: int, number: int | None = None) -> None:
         """Beat for ``trial_id`` too from now on, with its first heartbeat at once (a batch)."""
         self._store.record_heartbeat(trial_id)
         self._trial_ids = (*self._trial_ids, trial_id)
+        if number is not None:
+            self._numbers[trial_id] = number
 
     def _run(self) -> None:
         failing: set[int] = set()
@@ -837,8 +867,8 @@ class _Heartbeat:
                     self.failures += 1
                     if trial_id not in failing:
                         _log.warning(
-                            "lrsearch: heartbeat of trial %d failed (%s); trying again in %g s",
-                            trial_id,
+                            "lrsearch: heartbeat of trial %s failed (%s); trying again in %g s",
+                            self._numbers.get(trial_id, f"id {trial_id}"),
                             type(e).__name__,
                             self._interval,
                         )
@@ -860,7 +890,7 @@ def _run_one(
     current.clear()
     trial = loop.study.ask()
     current.append(trial)
-    beat.track(trial._trial_id)
+    beat.track(trial._trial_id, trial.number)
     outcome, error = _train_one(loop, stop, _Slot(trial, time.perf_counter()))
     if error is not None:
         raise error
@@ -911,12 +941,15 @@ def _reporter(loop: _Loop, stop: _StopSignals, slot: _Slot) -> Report:
         slot.last_step = max(slot.last_step, step)
         if two_objectives:
             return  # Optuna takes no intermediate values (and prunes nothing) with two
+        start = time.perf_counter()
         with stop.writing():
             try:
                 trial.report(value, step)
                 prune = trial.should_prune()
             except UpdateFinishedTrialError as e:
                 raise _TrialLost from e
+            finally:
+                loop.timing.reports += time.perf_counter() - start
         if prune:
             raise optuna.TrialPruned(f"pruned at step {step} (value {value:.4g})")
 
@@ -933,16 +966,20 @@ def _train_one(
         if slot.sample is None:
             slot.sample = _sample(loop, slot.trial)
         report = _reporter(loop, stop, slot)
-        with stop.training():
-            result = loop.trainer.train_one(
-                prepared.task,
-                prepared.groups,
-                slot.sample,
-                prepared.spec.train,
-                device=loop.device,
-                seed=_seed(loop, slot.trial),
-                report=report,
-            )
+        start = time.perf_counter()
+        try:
+            with stop.training():
+                result = loop.trainer.train_one(
+                    prepared.task,
+                    prepared.groups,
+                    slot.sample,
+                    prepared.spec.train,
+                    device=loop.device,
+                    seed=_seed(loop, slot.trial),
+                    report=report,
+                )
+        finally:
+            loop.timing.trainer += time.perf_counter() - start
     except (KeyboardInterrupt, Exception) as e:
         result = e
     return _settle(loop, slot, result)
@@ -1014,7 +1051,7 @@ def _run_batch(
         while True:
             trial = loop.study.ask()
             current.append(trial)
-            beat.add(trial._trial_id)
+            beat.add(trial._trial_id, trial.number)
             slots.append(_Slot(trial, time.perf_counter()))
             # The next look would count this trial running, and one queued trial fewer if there
             # was one (ask takes a queued trial first).
@@ -1056,16 +1093,20 @@ def _train_batch(
             results = [KeyboardInterrupt() if r is None else r for r in results]
             ready = []
         if ready:
-            with stop.training():
-                trained = loop.trainer.train_many(
-                    prepared.task,
-                    prepared.groups,
-                    samples,
-                    prepared.spec.train,
-                    device=loop.device,
-                    seeds=[_seed(loop, slots[i].trial) for i in ready],
-                    reports=[_reporter(loop, stop, slots[i]) for i in ready],
-                )
+            start = time.perf_counter()
+            try:
+                with stop.training():
+                    trained = loop.trainer.train_many(
+                        prepared.task,
+                        prepared.groups,
+                        samples,
+                        prepared.spec.train,
+                        device=loop.device,
+                        seeds=[_seed(loop, slots[i].trial) for i in ready],
+                        reports=[_reporter(loop, stop, slots[i]) for i in ready],
+                    )
+            finally:
+                loop.timing.trainer += time.perf_counter() - start
             for i, done in zip(ready, trained, strict=True):
                 results[i] = done
     except BatchingUnsupported as e:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lrsearch.errors import SpecError
+from lrsearch.limits import MAX_GROUPS, SEED_RANGE, study_name_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -112,7 +113,8 @@ class TrainSection:
     # time.
     # Pays on a GPU with a small model; trials that cannot stack fall back to one at a time.
     batch_trials: int = 1
-    prefix_cache: bool = False
+    # true, false, or "auto": per prefix, cached only where a timed trial shows it pays.
+    prefix_cache: bool | Literal["auto"] = False
     cache_mb: int = 512
     cache_dir: str | None = None
 
@@ -338,6 +340,7 @@ class _Reader:
         *,
         choices: tuple[str, ...] | None = None,
         minimum: float | None = None,
+        maximum: float | None = None,
         above: float | None = None,
         required: bool = False,
     ) -> Any:
@@ -363,6 +366,9 @@ class _Reader:
             return default
         if minimum is not None and value < minimum:
             self.problem(where, f"must be >= {minimum}, got {value!r}")
+            return default
+        if maximum is not None and value > maximum:
+            self.problem(where, f"must be <= {maximum}, got {value!r}")
             return default
         if above is not None and value <= above:
             self.problem(where, f"must be > {above}, got {value!r}")
@@ -410,16 +416,20 @@ class _Reader:
         s = "study"
         had_name = "name" in t
         name = self.take(s, t, "name", str, "", required=True)
-        if had_name and isinstance(name, str) and not name.strip():
-            self.problem("[study] name", "must not be empty")
+        name_problem = study_name_problem(name) if isinstance(name, str) else None
+        if had_name and name_problem:
+            self.problem("[study] name", name_problem)
         direction = self.take(s, t, "direction", str, None, choices=("maximize", "minimize"))
         n_trials = self.take(s, t, "n_trials", int, 20, minimum=1)
         timeout = self.take(s, t, "timeout", (int, float), None, above=0)
-        seed = self.take(s, t, "seed", int, None, minimum=0)
+        seed = self.take(s, t, "seed", int, None, minimum=0, maximum=SEED_RANGE - 1)
         d = StudySection("")
+        known_so_far = len(self.problems)
         interval = self.take(s, t, "heartbeat_interval", int, d.heartbeat_interval, minimum=1)
+        # A bad interval is reported once, not again as the grace period's bound.
+        interval_ok = len(self.problems) == known_so_far
         grace = self.take(s, t, "grace_period", int, d.grace_period, minimum=1)
-        if grace <= interval:
+        if interval_ok and grace <= interval:
             # Between two heartbeats a live trial would already count as lost.
             self.problem(
                 "[study] grace_period",
@@ -471,6 +481,13 @@ class _Reader:
                     "auto_depth makes every group itself; remove the named groups or auto_depth",
                 )
             return GroupsSection(auto_depth=depth)
+        if len(t) > MAX_GROUPS:  # checked alone: 10,000 groups would give 10,000 problems
+            self.problem(
+                "[groups]",
+                f"{len(t)} groups, at most {MAX_GROUPS}: each is a searched dimension; put layers "
+                'in one group with a pattern (blocks = ["blocks.*"])',
+            )
+            return GroupsSection()
         pairs: list[tuple[str, tuple[str, ...]]] = []
         for name, value in t.items():
             where = f"[groups] {name}"
@@ -602,7 +619,12 @@ class _Reader:
         momentum = self.take(s, t, "momentum", float, d.momentum, minimum=0.0)
         freeze_bn = self.take(s, t, "freeze_batchnorm", bool, d.freeze_batchnorm)
         batch_trials = self.take(s, t, "batch_trials", int, d.batch_trials, minimum=1)
-        prefix_cache = self.take(s, t, "prefix_cache", bool, d.prefix_cache)
+        prefix_cache = self.take(s, t, "prefix_cache", (bool, str), d.prefix_cache)
+        if isinstance(prefix_cache, str) and prefix_cache != "auto":
+            self.problem(
+                "[train] prefix_cache", f'must be true, false or "auto"; got {prefix_cache!r}'
+            )
+            prefix_cache = d.prefix_cache
         cache_mb = self.take(s, t, "cache_mb", int, d.cache_mb, minimum=1)
         cache_dir = self.take(s, t, "cache_dir", str, None)
         if cache_dir is not None and not cache_dir.strip():

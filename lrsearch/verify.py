@@ -34,6 +34,7 @@ from lrsearch.errors import LrsearchError, TrialFailure
 from lrsearch.pick import metric, numbered, rank
 from lrsearch.spec import StudySpec
 from lrsearch.storage import load_study, resolve_url, stored_spec, trial_info
+from lrsearch.trust import check_stored_entry
 
 if TYPE_CHECKING:
     from lrsearch.training import TrainResult
@@ -115,6 +116,7 @@ def verify_trial(
     on_run: RunCallback | None = None,
     train_fn: Callable[..., TrainResult] | None = None,
     baseline_study: str | None = None,
+    allow_tasks: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Retrain a trial's config (and the best single-rate trial) with ``seeds`` fresh seeds.
 
@@ -129,6 +131,8 @@ def verify_trial(
         baseline_study: Take the reference from this study (one :func:`run_single_baseline`
             searched) instead of ``study_name``'s own single-rate trials; its runs are stored
             with it.
+        allow_tasks: Task entries allowed besides the built-in ones and ``$LRSEARCH_ALLOW_TASKS``
+            (see :mod:`lrsearch.trust`); checked before the task is first imported.
 
     Returns:
         Plain data: ``study``, ``direction``, ``seeds``, ``configs`` (per config: ``role``
@@ -141,6 +145,7 @@ def verify_trial(
             or is not complete.
         StudyNotFoundError: No such study.
         StorageError: The study was not created by lrsearch.
+        UntrustedTaskError: A run must be trained and the stored task entry is not allowed here.
     """
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise LrsearchError(f"seeds must be an integer >= 1, got {seeds!r}")
@@ -178,6 +183,7 @@ def verify_trial(
         for seed in run_seeds:
             if seed not in known:
                 if prepared is None:
+                    check_stored_entry(spec.task.entry, study_name, allow_tasks)
                     prepared = _prepare(spec, device, train_fn)
                 run = _train_one(prepared, info, seed, device)
                 known[seed] = run
@@ -449,6 +455,7 @@ def run_single_baseline(
     device: str | None = None,
     on_trial: Callable[..., None] | None = None,
     train_fn: Callable[..., TrainResult] | None = None,
+    allow_tasks: Sequence[str] = (),
 ) -> str:
     """Search one learning rate for every group, as ``study_name`` would train it, and return the
     study that holds that search (:func:`baseline_name`; run again, it resumes).
@@ -458,9 +465,11 @@ def run_single_baseline(
         study_name: The study whose stored spec (task, groups, training) the baseline uses.
         n_trials: The baseline's budget of finished trials.
         device, on_trial, train_fn: As for :func:`lrsearch.search.run_search`.
+        allow_tasks: As for :func:`verify_trial`: the stored task entry must be allowed here.
 
     Raises:
         StudyNotFoundError: No such study.
+        UntrustedTaskError: The stored task entry is not allowed here (nothing is imported).
         LrsearchError: The baseline has no complete trial after its budget, or any error of
             ``run_search``.
     """
@@ -469,6 +478,8 @@ def run_single_baseline(
 
     url = resolve_url(storage)
     spec = stored_spec(load_study(open_storage(url, create=False), study_name))
+    # The entry comes from the database, not from a file the user ran: as trusted as a worker's.
+    check_stored_entry(spec.task.entry, study_name, allow_tasks)
     name = baseline_name(study_name)
     summary = run_search(
         baseline_spec(spec, name, n_trials),

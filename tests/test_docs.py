@@ -159,3 +159,14 @@ def test_every_number_in_the_study_file_reference_says_its_unit() -> None:
     assert len(numbers) > 10
     missing = [key for key, _, comment in numbers if not any(w in comment for w in _UNIT_WORDS)]
     assert not missing, f"study file keys whose comment names no unit: {missing}"
+
+
+def test_no_code_study_files_are_read_by_the_spec_reader() -> None:
+    from lrsearch.spec import StudySpec, tomllib  # tomli before Python 3.11
+
+    section = README.split("## No-code tasks", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```toml\n(.*?)```", section, flags=re.S)
+    assert blocks, "the 'No-code tasks' section shows a study file"
+    for block in blocks:
+        spec = StudySpec.from_dict(tomllib.loads(block), source="README")
+        assert spec.task.entry.startswith("lrsearch.tasks.")

@@ -87,9 +87,8 @@ def test_a_module_in_the_working_directory_is_found(
     assert created.exit_code == 0, created.output
     # A worker has no study file: the working directory is where it looks.
     sys.modules.pop(module, None)
-    worker = CliRunner().invoke(
-        main, ["worker", "--study", study_name, "--storage", url, "--device", "cpu"]
-    )
+    args = ["worker", "--study", study_name, "--storage", url, "--device", "cpu"]
+    worker = CliRunner().invoke(main, [*args, "--allow-task", f"{module}:finetune_task"])
     assert worker.exit_code == 0, worker.output
 
 

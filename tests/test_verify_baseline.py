@@ -80,3 +80,16 @@ def test_the_baseline_spec_searches_one_rate_over_every_groups_range() -> None:
     assert spec.space.weight_decay == (1e-5, 1e-2)
     assert (spec.study.name, spec.study.n_trials) == ("s.baseline-single", 7)
     assert spec.task == StudySpec.from_dict(data).task
+
+
+def test_the_baseline_runs_a_stored_entry_only_where_it_is_allowed(
+    sqlite_url: str, study_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _per_group_study(sqlite_url, study_name)
+    monkeypatch.delenv("LRSEARCH_ALLOW_TASKS")
+    args = ["verify", "--study", study_name, "--storage", sqlite_url, "--baseline", "single"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert "not allowed here" in result.stderr and "--allow-task toy_tasks:tiny" in result.stderr
+    names = {s.study_name for s in open_storage(sqlite_url).get_all_studies()}
+    assert baseline_name(study_name) not in names  # refused before anything was created
