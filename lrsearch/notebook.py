@@ -197,7 +197,7 @@ def search(
         ("sampler", sampler),
     ):
         if table is not None:
-            data[section] = dict(table)
+            data[section] = _as_toml(dict(table))
     spec = StudySpec.from_dict(data, source="lrsearch.search()")
     set_threads(threads)
     url = resolve_url(storage)
@@ -213,6 +213,15 @@ def search(
         config=config,
         summary=summary,
     )
+
+
+def _as_toml(value: Any) -> Any:
+    """``value`` as the TOML reader has it: a tuple (``lr=(1e-4, 1e-1)``) is a list."""
+    if isinstance(value, dict):
+        return {k: _as_toml(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_as_toml(v) for v in value]
+    return value
 
 
 def _task(

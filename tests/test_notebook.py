@@ -48,7 +48,7 @@ def test_search_on_tensors_returns_the_best_trial_and_stores_the_study(
         n_trials=4,
         storage=sqlite_url,
         study=study_name,
-        space={"freeze": ["body"], "weight_decay": [1e-4, 1e-1]},
+        space={"freeze": ("body",), "weight_decay": (1e-4, 1e-1)},  # tuples read as lists
         training=TRAINING,
         pruner={"kind": "none"},
         threads=1,
