@@ -52,9 +52,11 @@ _EXPORTS = {
     "build_optimizer": "config",
     "verify_trial": "verify",
     "confirm_study": "confirm",
+    "BestConfig": "notebook",
 }
 
 __all__ = [
+    "BestConfig",
     "ExportError",
     "GroupError",
     "LayerGroups",
@@ -88,6 +90,7 @@ __all__ = [
     "resolve_groups",
     "run_search",
     "run_worker",
+    "search",
     "to_python",
     "train_trial",
     "verify_trial",
@@ -95,6 +98,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "search":
+        # The module of the search loop, callable as the notebook API (lrsearch.notebook.search):
+        # importing it sets this attribute anyway, so it is the one object either way.
+        return importlib.import_module("lrsearch.search")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'lrsearch' has no attribute {name!r}")
@@ -124,6 +131,7 @@ if TYPE_CHECKING:
     )
     from lrsearch.export import export_config, to_python
     from lrsearch.groups import LayerGroups, build_param_groups, make_optimizer, resolve_groups
+    from lrsearch.notebook import BestConfig, search
     from lrsearch.search import SearchSummary, TrialOutcome, run_search, run_worker
     from lrsearch.space import Sample, SearchSpace
     from lrsearch.spec import StudySpec, load_spec

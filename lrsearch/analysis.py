@@ -127,10 +127,39 @@ def trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "lrs": lrs,
         "frozen": [g for g, lr in lrs.items() if lr == 0],
         "weight_decay": info["weight_decay"],
+        "knobs": _knobs(trial, info),
         "host": info["host"],
         "seconds": trial.duration.total_seconds() if trial.duration else None,
         "params": dict(trial.params),
     }
+
+
+def _knobs(trial: optuna.trial.FrozenTrial, info: dict[str, Any]) -> dict[str, float]:
+    """The trial's values besides its per-group rates: weight decay (searched or fixed) and every
+    other searched parameter (layer decay's base_lr, decay, head_multiplier; freeze_depth)."""
+    knobs: dict[str, float] = {}
+    if info["weight_decay"] is not None:
+        knobs["weight_decay"] = float(info["weight_decay"])
+    for name, value in trial.params.items():
+        if not name.startswith(("lr.", "freeze.")) and name not in knobs:
+            knobs[name] = float(value)
+    return knobs
+
+
+# What ``cost`` measures, by the study's ``[study] cost`` (None: a one-objective study).
+COST_MEANINGS = {
+    None: "the trial's wall time in seconds, model building and evaluation included (the study "
+    "has no [study] cost)",
+    "seconds": 'seconds of training, the study\'s second objective ([study] cost = "seconds")',
+    "examples": "examples trained x the share of parameters that train, the study's second "
+    'objective ([study] cost = "examples")',
+}
+
+
+def cost_meaning(study: optuna.Study) -> str:
+    """What the ``cost`` of the study's trials measures, in words."""
+    kind = stored_spec(study).study.cost if SPEC_ATTR in study.user_attrs else None
+    return COST_MEANINGS.get(kind, COST_MEANINGS[None])
 
 
 def best_trials(
@@ -164,13 +193,14 @@ def best_trials(
         )
     seeds = {} if front else seed_values(study)
     seeded = {s.trial.number: s for s in rank_seeded(trials, seeds, maximize=maximize)}
+    meaning = cost_meaning(study)
     if rule is not None and rule.trades:
         if (top is not None and top != 1) or front:
             raise LrsearchError(
                 "--within / --max-cost / --within-sd pick one trial; drop --top and --front"
             )
         chosen = pick(trials, maximize=maximize, rule=rule, seeds=seeds)
-        return [_seeded_record(chosen, seeded)]
+        return [_seeded_record(chosen, seeded) | {"cost_meaning": meaning}]
     ranked = pareto_front(trials, maximize=maximize) if front else rank(trials, maximize=maximize)
     if seeded:
         # The confirmed trials by their mean (the best is pick's), then the others by value.
@@ -180,7 +210,7 @@ def best_trials(
         ]
     # Default: the one best trial, or the whole front.
     count = top if top is not None else len(ranked) if front else 1
-    return [_seeded_record(t, seeded) for t in ranked[:count]]
+    return [_seeded_record(t, seeded) | {"cost_meaning": meaning} for t in ranked[:count]]
 
 
 def _seeded_record(trial: optuna.trial.FrozenTrial, seeded: dict[int, Seeded]) -> dict[str, Any]:

@@ -224,10 +224,11 @@ class _ProgressBar:
             self.log = _AboveBar()
             logging.getLogger("lrsearch").addHandler(self.log)
         self.bar.update(1)
+        # The counts of the summary's "this run" line, word for word: a diverged trial is not
+        # counted as pruned in one and apart in the other.
+        counts = {k: summary.count(k) for k in ("complete", "pruned", "diverged", "failed")}
         self.bar.set_postfix(
-            complete=summary.count("complete"),
-            pruned=summary.count("pruned") + summary.count("diverged"),
-            failed=summary.count("failed"),
+            **{k: n for k, n in counts.items() if n or k in ("complete", "pruned")},
             best=_fmt(summary.best_value),
             refresh=False,
         )
@@ -533,7 +534,16 @@ def best(
         return
     groups = list(records[0]["lrs"])
     seeded = records[0]["seeds"] is not None
-    headers = ["trial", "value", *(["mean", "sd", "seeds"] if seeded else []), "cost", *groups]
+    # Every searched value: the rates, then weight decay and any other knob of any shown trial.
+    knobs = list(dict.fromkeys(k for r in records for k in r["knobs"]))
+    headers = [
+        "trial",
+        "value",
+        *(["mean", "sd", "seeds"] if seeded else []),
+        "cost",
+        *groups,
+        *knobs,
+    ]
     rows = [
         [
             r["trial"],
@@ -541,12 +551,14 @@ def best(
             *(_seed_cells(r["seeds"]) if seeded else []),
             "" if r["cost"] is None else f"{r['cost']:.4g}",
             *[_lr_text(r["lrs"].get(g, math.nan)) for g in groups],
+            *["" if k not in r["knobs"] else f"{r['knobs'][k]:.3g}" for k in knobs],
         ]
         for r in records
     ]
     click.echo(_table(headers, rows))
     if seeded:
         click.echo(records[0]["ranking"])
+    click.echo(f"cost: {records[0]['cost_meaning']}")
 
 
 def _seed_cells(seeds: dict[str, Any] | None) -> list[Any]:
@@ -671,6 +683,20 @@ def export(
 )
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option(
+    "--baseline",
+    type=click.Choice(["single"]),
+    default=None,
+    help="single: first search one rate for every group (a study of its own, beside this one) "
+    "and compare with its best trial.",
+)
+@click.option(
+    "--baseline-trials",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="The budget of that one-rate search.",
+)
 @allow_task_option
 def verify(
     study: str,
@@ -679,16 +705,28 @@ def verify(
     seeds: int,
     device: str | None,
     fmt: str,
+    baseline: str | None,
+    baseline_trials: int,
     allow_tasks: tuple[str, ...],
 ) -> None:
     """Retrain a trial (default: the best) and the best single-rate trial with fresh seeds."""
     from lrsearch.storage import open_storage
-    from lrsearch.verify import verify_trial
+    from lrsearch.verify import run_single_baseline, verify_trial
 
     def progress(role: str, number: int, run: dict[str, Any]) -> None:
         value = run["outcome"] if run["value"] is None else _fmt(run["value"])
         click.echo(f"{role} trial {number}, seed {run['seed']}: {value}", err=True)
 
+    baseline_study = None
+    if baseline == "single":
+        baseline_study = run_single_baseline(
+            storage,
+            study,
+            n_trials=baseline_trials,
+            device=device,
+            on_trial=_baseline_line,
+            allow_tasks=allow_tasks,
+        )
     result = verify_trial(
         open_storage(storage, create=False),
         study,
@@ -696,6 +734,7 @@ def verify(
         seeds=seeds,
         device=device,
         on_run=progress,
+        baseline_study=baseline_study,
         allow_tasks=allow_tasks,
     )
     click.echo(json.dumps(result, indent=2) if fmt == "json" else _verify_text(result))
@@ -763,6 +802,11 @@ def confirm(
     click.echo(result["note"])
 
 
+def _baseline_line(outcome: Any, summary: Any) -> None:
+    click.echo(f"single-rate baseline ({summary.study}), ", err=True, nl=False)
+    _trial_line(outcome, summary)
+
+
 def _verify_text(r: dict[str, Any]) -> str:
     headers = ["config", "trial", "search", *[f"seed {s}" for s in r["seeds"]]]
     rows = [
@@ -782,7 +826,8 @@ def _verify_text(r: dict[str, Any]) -> str:
     ]
     for c in r["configs"]:
         rates = ", ".join(f"{g} {_lr_text(lr)}" for g, lr in c["lrs"].items())
-        lines.append(f"{c['role']}: trial {c['trial']} ({rates})")
+        where = "" if c.get("study", r["study"]) == r["study"] else f" of study {c['study']!r}"
+        lines.append(f"{c['role']}: trial {c['trial']}{where} ({rates})")
     comparison = r["comparison"]
     if comparison and comparison["difference"] is not None:
         spread = comparison["spread"]

@@ -2,6 +2,16 @@
 
 Every error lrsearch raises on purpose derives from :class:`LrsearchError`; the CLI turns them into
 one line on stderr and a non-zero exit. Anything else escaping is a bug.
+
+The exit code is the error class's ``exit_code``, by one rule:
+
+- **2**: what you wrote is wrong, as lrsearch checks it before any task code runs: a study file's
+  syntax, keys and values, its groups against the model (:class:`GroupError`), its task entry's
+  form and its ``[task] kwargs`` against the function's parameters; and command-line usage
+  (click's own errors).
+- **1**: anything else that stops a command: storage, a missing study or trial, a task module that
+  cannot be imported, a task that raises, a device that is not there, a study of that name with
+  another search.
 """
 
 from __future__ import annotations
@@ -36,12 +46,21 @@ class TaskError(LrsearchError):
     """A task entry point cannot be imported, called, or does not behave as a task."""
 
 
+class TaskSpecError(TaskError):
+    """The study file's ``[task]`` is wrong: an entry not of the form ``"package.module:function"``,
+    or ``kwargs`` that the function does not take."""
+
+    exit_code = 2
+
+
 class UntrustedTaskError(TaskError):
     """A task entry read from a study that this process was not told to run (lrsearch.trust)."""
 
 
 class GroupError(LrsearchError):
-    """Layer groups do not partition a model's trainable parameters."""
+    """Layer groups do not partition a model's trainable parameters (the study file is wrong)."""
+
+    exit_code = 2
 
 
 class StorageError(LrsearchError):

@@ -22,6 +22,7 @@ from lrsearch.config import OPTIMIZER_NAMES, SCHEMA, load_config
 from lrsearch.confirm import describe, seed_values
 from lrsearch.errors import ExportError, LrsearchError
 from lrsearch.pick import Rule, numbered, pick, rank_seeded
+from lrsearch.spec import TrainSection
 from lrsearch.storage import GROUPS_ATTR, load_study, stored_spec, trial_info
 
 
@@ -85,15 +86,7 @@ def export_config(
         "value": chosen.values[0],
         "direction": study.directions[0].name.lower(),
         "optimizer": {"name": OPTIMIZER_NAMES[spec.train.optimizer], "kwargs": kwargs},
-        "train": {
-            "epochs": spec.train.epochs,
-            "max_steps": spec.train.max_steps,
-            "batch_size": spec.train.batch_size,
-            "schedule": spec.train.schedule,
-            "warmup_ratio": spec.train.warmup_ratio,
-            "grad_clip": spec.train.grad_clip,
-            "freeze_batchnorm": spec.train.freeze_batchnorm,
-        },
+        "train": {k: getattr(spec.train, k) for k in _TRAIN_KEYS},
         "groups": [
             {"name": g, "match": patterns[g], "lr": float(lr), "frozen": lr == 0}
             for g, lr in lrs.items()
@@ -112,13 +105,18 @@ def export_config(
 
 _SNIPPET = '''\
 # Optimizer config exported by lrsearch: study {study}, trial {trial}, value {value}.
-"""Optimizer config exported by lrsearch.
+"""Optimizer config exported by lrsearch: the trial's param groups, schedule and training settings.
 
-Needs only torch. Usage:
+Needs only torch. Usage (steps_per_epoch: optimizer steps per epoch, e.g. len(train_loader)):
     optimizer = build_optimizer(model)
-Frozen groups get requires_grad=False and stay out of the optimizer.{bn_note}
+    scheduler = build_scheduler(optimizer, steps_per_epoch)   # scheduler.step() after each step
+    norms = frozen_batchnorms(model)   # call .eval() on each after every model.train()
+    for epoch in range(TRAIN["epochs"]): ...   # at most total_steps(steps_per_epoch) steps
+Frozen groups get requires_grad=False and stay out of the optimizer. The schedule multiplies
+each group's own rate by one factor: never set one lr for all groups: it erases the search.{bn_note}
 """
 
+import math
 from fnmatch import fnmatchcase
 
 import torch
@@ -129,6 +127,10 @@ GROUPS = [
 ]
 OPTIMIZER = torch.optim.{optimizer}
 OPTIMIZER_KWARGS = {kwargs!r}
+# What the trial trained with: epochs, max_steps (a cap on optimizer steps, or None), batch_size,
+# schedule (constant | warmup_cosine | warmup_linear), warmup_ratio, grad_clip (max gradient norm,
+# or None) and freeze_batchnorm (BatchNorm layers of frozen groups kept in eval mode).
+TRAIN = {train!r}
 
 
 def _matches(name, pattern):
@@ -165,7 +167,63 @@ def build_param_groups(model):
 
 def build_optimizer(model):
     return OPTIMIZER(build_param_groups(model), **OPTIMIZER_KWARGS)
+
+
+def total_steps(steps_per_epoch):
+    """The trial's optimizer steps: epochs x steps per epoch, capped by max_steps."""
+    total = TRAIN["epochs"] * steps_per_epoch
+    return total if TRAIN["max_steps"] is None else min(total, TRAIN["max_steps"])
+
+
+def lr_factor(total):
+    """The factor on each group's own rate at step k (0-based) of ``total`` steps."""
+    warmup = round(TRAIN["warmup_ratio"] * total)
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if TRAIN["schedule"] == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if TRAIN["schedule"] == "warmup_linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))  # warmup_cosine
+
+    return factor
+
+
+def build_scheduler(optimizer, steps_per_epoch):
+    """The trial's schedule as a LambdaLR; call scheduler.step() after every optimizer.step()."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(total_steps(steps_per_epoch)))
+
+
+def frozen_batchnorms(model):
+    """BatchNorm layers the trial kept in eval mode (call after build_optimizer)."""
+    if not TRAIN["freeze_batchnorm"]:
+        return []
+    nn = torch.nn
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, norms)
+        and list(m.parameters(recurse=False))
+        and not any(p.requires_grad for p in m.parameters(recurse=False))
+    ]
 '''
+
+# The training settings exported with a trial (``train``), and those of lrsearch's [train] defaults
+# for a config written before ``train`` existed.
+_TRAIN_KEYS = (
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "schedule",
+    "warmup_ratio",
+    "grad_clip",
+    "freeze_batchnorm",
+)
+_TRAIN_DEFAULTS = {k: getattr(TrainSection(), k) for k in _TRAIN_KEYS}
 
 
 def to_python(config: Mapping[str, Any]) -> str:
@@ -189,4 +247,8 @@ def to_python(config: Mapping[str, Any]) -> str:
         groups=rows,
         optimizer=OPTIMIZER_NAMES[str(data["optimizer"]["name"]).lower()],
         kwargs=dict(data["optimizer"].get("kwargs", {})),
+        train={
+            **_TRAIN_DEFAULTS,
+            **{k: v for k, v in (data.get("train") or {}).items() if k in _TRAIN_KEYS},
+        },
     )

@@ -40,7 +40,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -195,6 +195,11 @@ def plan_workers(
             env["OMP_NUM_THREADS"] = str(threads)
         workers.append(Worker(i, device, tuple(argv), env))
     return workers
+
+
+def _path_with(path: str | None, folder: str) -> str:
+    """``$PYTHONPATH`` with ``folder`` at its end."""
+    return os.pathsep.join(p for p in (path, folder) if p)
 
 
 def cpu_threads(n_workers: int, base: Mapping[str, str], *, cpu_count: int | None) -> int | None:
@@ -414,6 +419,13 @@ class Launcher:
             python=python,
             allow_task=spec.task.entry,
         )
+        # Workers read the spec from the study, not the file: the file's folder, where `run` looks
+        # for the task's module too, reaches them on their PYTHONPATH.
+        folder = str(self.spec_file.resolve().parent)
+        self.workers = [
+            replace(w, env={**w.env, "PYTHONPATH": _path_with(w.env.get("PYTHONPATH"), folder)})
+            for w in self.workers
+        ]
         self.python = python
         self.poll_interval = poll_interval
         self.stop_timeout = stop_timeout

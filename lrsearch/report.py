@@ -660,8 +660,20 @@ def render_html(data: ReportData, images: dict[str, bytes]) -> str:
                 f"<tr><td><b>{e(g)}</b></td><td>{e(format_rate(lr))}</td>"
                 f"<td>{e(searched)}</td><td>{share}</td></tr>"
             )
+        # Every other searched parameter with a share (weight decay, layer decay's knobs): the
+        # shares of the table then add up to the whole.
+        for name, share_value in imp.items():
+            if name in data.groups:
+                continue
+            column = name.removesuffix(" (knob)")
+            value = float(best[column]) if column in best else math.nan
+            shown = "-" if math.isnan(value) else f"{value:.3g}"
+            rows.append(
+                f"<tr><td><b>{e(name)}</b></td><td>{e(shown)}</td><td>-</td>"
+                f"<td>{share_value:.0%}</td></tr>"
+            )
         rates = (
-            "<table><tr><th>group</th><th>best trial's rate</th><th>searched</th>"
+            "<table><tr><th>parameter</th><th>best trial's value</th><th>searched</th>"
             "<th>importance</th></tr>" + "".join(rows) + "</table>"
         )
     takeaways = "".join(f"<li>{e(s.takeaway)}</li>" for s in data.stats)

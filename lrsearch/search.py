@@ -59,8 +59,10 @@ import math
 import os
 import signal
 import socket
+import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -256,7 +258,13 @@ class Prepared:
         return float(result.seconds)
 
 
-def prepare(spec: StudySpec, *, device: str | None = None, check_device: bool = True) -> Prepared:
+def prepare(
+    spec: StudySpec,
+    *,
+    device: str | None = None,
+    check_device: bool = True,
+    task: Task | None = None,
+) -> Prepared:
     """Build the task, resolve the groups on one model and check the space, before any write.
 
     Args:
@@ -264,6 +272,8 @@ def prepare(spec: StudySpec, *, device: str | None = None, check_device: bool = 
         device: The device trials will run on (checked with ``[train] precision``).
         check_device: ``False`` skips the device check: ``create`` may run on a machine without
             the workers' GPUs.
+        task: The task itself, in place of importing ``[task] entry`` (``lrsearch.search``'s
+            in-memory model and data).
 
     Raises:
         LrsearchError: Any problem with the task, groups, space or device.
@@ -271,7 +281,9 @@ def prepare(spec: StudySpec, *, device: str | None = None, check_device: bool = 
     if check_device:
         resolve_precision(spec.train.precision, resolve_device(device))
     try:
-        task = load_task(spec.task.entry, spec.task.kwargs)
+        if task is None:
+            folders = [spec.task.folder] if spec.task.folder else []
+            task = load_task(spec.task.entry, spec.task.kwargs, folders=folders)
     except LrsearchError:
         raise
     except Exception as e:  # the task's own factory raised: a user error, not ours
@@ -368,6 +380,7 @@ def run_search(
     on_trial: OnTrial | None = None,
     train_fn: TrainFn | None = None,
     trainer: TrainerLike | None = None,
+    task: Task | None = None,
 ) -> SearchSummary:
     """Run (or resume) a study until it has ``n_trials`` finished trials or ``timeout`` passes.
 
@@ -384,6 +397,7 @@ def run_search(
             batch_trials``) still stack with ``trainer.train_many``, and use it when they cannot.
         trainer: Trains the trials (default: ``lrsearch.training.DEFAULT``, whose prefix cache
             the process's searches share).
+        task: The task object, in place of importing ``[task] entry`` (see :func:`prepare`).
 
     Returns:
         What this run did; ``interrupted`` is set when Ctrl-C or SIGTERM stopped it.
@@ -392,7 +406,7 @@ def run_search(
         LrsearchError: Bad input (nothing is written), or the task failed in a way that is a bug in
             the task (the trial is marked failed with the reason first).
     """
-    prepared = prepare(spec, device=device)
+    prepared = prepare(spec, device=device, task=task)
     budget = search_budget(spec, n_trials if n_trials is not None else spec.study.n_trials)
     name = study_name or spec.study.name
     url = resolve_url(storage)
@@ -1216,3 +1230,19 @@ def _finish(
         seconds=time.perf_counter() - start,
         reason=reason,
     )
+
+
+class _NotebookModule(types.ModuleType):
+    """This module, callable as ``lrsearch.search(model_fn, train, val, ...)``.
+
+    Importing ``lrsearch.search`` makes it the package's ``search`` attribute, which is also the
+    name of the notebook API (:func:`lrsearch.notebook.search`): a call goes there.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from lrsearch.notebook import search
+
+        return search(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _NotebookModule

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
@@ -66,6 +66,9 @@ class StudySection:
 class TaskSection:
     entry: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # The study file's folder, where the entry's module is looked for too (tasks.load_task);
+    # where the file is, not what it searches: never stored, never compared.
+    folder: str | None = field(default=None, compare=False, metadata={"in_file": False})
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,7 @@ class StudySpec:
         }
         for key in _IGNORED_BY_KIND[self.space.kind]:
             data["space"].pop(key, None)
+        data["task"].pop("folder", None)
         data["groups"] = (
             {"auto_depth": self.groups.auto_depth}
             if self.groups.auto_depth
@@ -223,7 +227,8 @@ def load_spec(path: str | Path) -> StudySpec:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(str(p), [f"invalid TOML: {e}"]) from e
-    return StudySpec.from_dict(data, source=str(p))
+    spec = StudySpec.from_dict(data, source=str(p))
+    return replace(spec, task=replace(spec.task, folder=str(p.resolve().parent)))
 
 
 def group_ref_problems(space: SpaceSection, group_names: tuple[str, ...]) -> list[str]:

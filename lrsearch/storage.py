@@ -505,6 +505,8 @@ def create_or_resume(
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
         _check_same_search(study, spec)
         return study, True
+    # The study's own name, which `--study` may have given it, not the file's [study] name.
+    spec = dataclasses.replace(spec, study=dataclasses.replace(spec.study, name=name))
     # Not sort_keys: the order of [groups] is meaning (first match wins; layer_decay is bottom-up).
     study.set_user_attr(SPEC_ATTR, json.dumps(spec.to_dict()))
     return study, False

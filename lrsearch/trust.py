@@ -25,6 +25,9 @@ BUILTIN_TASKS = frozenset(
         "lrsearch.tasks.digits:digits_transfer",
         "lrsearch.tasks.text:rotten_tomatoes_minilm",
         "lrsearch.tasks.vision:fashion_mnist_mobilenet",
+        # A `lrsearch.search` study's entry: it builds nothing, it says the study is in-process
+        # only (lrsearch.notebook.in_process).
+        "lrsearch.notebook:in_process",
     }
 )
 

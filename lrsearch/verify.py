@@ -32,7 +32,8 @@ from optuna.trial import TrialState
 
 from lrsearch.errors import LrsearchError, TrialFailure
 from lrsearch.pick import metric, numbered, rank
-from lrsearch.storage import load_study, stored_spec, trial_info
+from lrsearch.spec import StudySpec
+from lrsearch.storage import load_study, resolve_url, stored_spec, trial_info
 from lrsearch.trust import check_stored_entry
 
 if TYPE_CHECKING:
@@ -114,6 +115,7 @@ def verify_trial(
     device: str | None = None,
     on_run: RunCallback | None = None,
     train_fn: Callable[..., TrainResult] | None = None,
+    baseline_study: str | None = None,
     allow_tasks: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Retrain a trial's config (and the best single-rate trial) with ``seeds`` fresh seeds.
@@ -126,6 +128,9 @@ def verify_trial(
         device: ``auto`` (default), ``cpu``, ``cuda`` or ``cuda:N``.
         on_run: Called as ``on_run(role, trial, run)`` after each new run (progress).
         train_fn: The trainer (``train_trial``'s signature); replaceable in tests.
+        baseline_study: Take the reference from this study (one :func:`run_single_baseline`
+            searched) instead of ``study_name``'s own single-rate trials; its runs are stored
+            with it.
         allow_tasks: Task entries allowed besides the built-in ones and ``$LRSEARCH_ALLOW_TASKS``
             (see :mod:`lrsearch.trust`); checked before the task is first imported.
 
@@ -149,20 +154,40 @@ def verify_trial(
     trials = study.get_trials(deepcopy=False)
     maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     chosen = _pick(study, trials, trial, maximize)
-    reference, reference_note = _reference(trials, chosen, maximize)
+    owner = study  # the study the reference trial belongs to
+    taken = search_seeds(study, trials)
+    if baseline_study is None:
+        reference, reference_note = _reference(trials, chosen, maximize)
+    else:
+        owner = load_study(storage, baseline_study)
+        baseline_trials = owner.get_trials(deepcopy=False)
+        taken |= search_seeds(owner, baseline_trials)
+        reference, reference_note = _reference(baseline_trials, None, maximize)
+        if reference is not None:
+            reference_note = (
+                f"reference: trial {reference.number} of study {baseline_study!r}, the best of "
+                f"its {len(baseline_trials)} trial(s) searching one rate for every group"
+            )
 
-    run_seeds = verify_seeds(seeds, search_seeds(study, trials))
-    retrainer = Retrainer(storage, study, device=device, train_fn=train_fn, allow_tasks=allow_tasks)
+    run_seeds = verify_seeds(seeds, taken)
+    # One per study a run is stored in: each builds its task on its first run to train.
+    retrainers = {
+        s.study_name: Retrainer(
+            storage, s, device=device, train_fn=train_fn, allow_tasks=allow_tasks
+        )
+        for s in (study, owner)
+    }
     configs = []
-    for role, frozen in (("winner", chosen), ("reference", reference)):
+    for role, frozen, home in (("winner", chosen, study), ("reference", reference, owner)):
         if frozen is None:
             continue
         info = trial_info(frozen)
         attr = verify_attr(frozen.number)
-        runs, new = retrainer.runs(frozen, run_seeds, role=role, on_run=on_run)
+        runs, new = retrainers[home.study_name].runs(frozen, run_seeds, role=role, on_run=on_run)
         configs.append(
             {
                 "role": role,
+                "study": home.study_name,
                 "trial": frozen.number,
                 "lrs": dict(info["lrs"]),
                 "weight_decay": info["weight_decay"],
@@ -280,10 +305,12 @@ def _pick(
 
 
 def _reference(
-    trials: list[optuna.trial.FrozenTrial], chosen: optuna.trial.FrozenTrial, maximize: bool
+    trials: list[optuna.trial.FrozenTrial],
+    chosen: optuna.trial.FrozenTrial | None,
+    maximize: bool,
 ) -> tuple[optuna.trial.FrozenTrial | None, str]:
     """The best complete single-rate trial other than ``chosen``, and a note on the choice."""
-    if is_single_rate(trial_info(chosen)["lrs"]):
+    if chosen is not None and is_single_rate(trial_info(chosen)["lrs"]):
         return None, (
             f"trial {chosen.number} itself trains every group at one rate: there is no "
             "per-group gain to check against a single rate"
@@ -293,7 +320,7 @@ def _reference(
         for t in trials
         if t.state == TrialState.COMPLETE
         and metric(t) is not None
-        and t.number != chosen.number
+        and (chosen is None or t.number != chosen.number)
         and is_single_rate(trial_info(t)["lrs"])
     ]
     if not single:
@@ -452,3 +479,84 @@ def _luck(winner: dict[str, Any], maximize: bool) -> str:
         f"its search value {value:.4g} is within the verification seeds' range "
         f"({stats['min']:.4g} to {stats['max']:.4g}, mean {stats['mean']:.4g})"
     )
+
+
+BASELINE_SUFFIX = ".baseline-single"
+
+
+def baseline_name(study_name: str) -> str:
+    """The study ``verify --baseline single`` searches one rate in, beside ``study_name``."""
+    return f"{study_name}{BASELINE_SUFFIX}"
+
+
+def baseline_spec(spec: StudySpec, name: str, n_trials: int) -> StudySpec:
+    """``spec`` searching one rate for every group (``[space] kind = "single"``), none frozen.
+
+    The rate's range spans every group's range (``lr`` and ``lr_ranges``); weight decay, the task,
+    groups, training, pruner and sampler stay as they are.
+    """
+    data = spec.to_dict()
+    space = data["space"]
+    ranges = [tuple(space["lr"]), *(tuple(r) for r in space.get("lr_ranges", {}).values())]
+    single: dict[str, Any] = {
+        "kind": "single",
+        "lr": [min(r[0] for r in ranges), max(r[1] for r in ranges)],
+    }
+    if "weight_decay" in space:
+        single["weight_decay"] = space["weight_decay"]
+    data["space"] = single
+    data["study"] = {**data["study"], "name": name, "n_trials": n_trials}
+    return StudySpec.from_dict(data, source=f"the single-rate baseline of {spec.study.name!r}")
+
+
+def run_single_baseline(
+    storage: str | None,
+    study_name: str,
+    *,
+    n_trials: int,
+    device: str | None = None,
+    on_trial: Callable[..., None] | None = None,
+    train_fn: Callable[..., TrainResult] | None = None,
+    allow_tasks: Sequence[str] = (),
+) -> str:
+    """Search one learning rate for every group, as ``study_name`` would train it, and return the
+    study that holds that search (:func:`baseline_name`; run again, it resumes).
+
+    Args:
+        storage: The storage URL of ``study_name``; the baseline study is created beside it.
+        study_name: The study whose stored spec (task, groups, training) the baseline uses.
+        n_trials: The baseline's budget of finished trials.
+        device, on_trial, train_fn: As for :func:`lrsearch.search.run_search`.
+        allow_tasks: As for :func:`verify_trial`: the stored task entry must be allowed here.
+
+    Raises:
+        StudyNotFoundError: No such study.
+        UntrustedTaskError: The stored task entry is not allowed here (nothing is imported).
+        LrsearchError: The baseline has no complete trial after its budget, or any error of
+            ``run_search``.
+    """
+    from lrsearch.search import run_search
+    from lrsearch.storage import open_storage
+
+    url = resolve_url(storage)
+    spec = stored_spec(load_study(open_storage(url, create=False), study_name))
+    # The entry comes from the database, not from a file the user ran: as trusted as a worker's.
+    check_stored_entry(spec.task.entry, study_name, allow_tasks)
+    name = baseline_name(study_name)
+    summary = run_search(
+        baseline_spec(spec, name, n_trials),
+        storage=url,
+        device=device,
+        on_trial=on_trial,
+        train_fn=train_fn,
+    )
+    if summary.interrupted:
+        raise LrsearchError(
+            f"the single-rate baseline {name!r} was interrupted; run verify again to resume it"
+        )
+    if summary.best_number is None:
+        raise LrsearchError(
+            f"the single-rate baseline {name!r} has no complete trial after {n_trials} trial(s); "
+            "raise --baseline-trials"
+        )
+    return name

@@ -140,11 +140,13 @@ CASES = [
         "unmatched-parameters",
         lambda c: c.run(groups={"embed": None, "body": None}, space={"freeze": None}),
         ("match no group", "embed.weight"),
+        2,
     ),
     Case(
         "group-matches-nothing",
         lambda c: c.run(groups={"ghost": ["decoder.*"]}),
         ("group 'ghost'", "matches no trainable parameter"),
+        2,
     ),
     Case(
         "bad-entry-format",
@@ -166,6 +168,7 @@ CASES = [
         "task-kwargs-wrong",
         lambda c: c.run(task={"kwargs": {"n_rows": 3}}),
         ("kwargs", "n_rows"),
+        2,
     ),
     Case(
         "task-factory-raises",

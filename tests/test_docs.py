@@ -75,7 +75,10 @@ def test_readme_study_file_reference_names_every_key() -> None:
     for section in dataclasses.fields(spec.StudySpec):
         table = getattr(spec, str(section.type))
         for key in dataclasses.fields(table):
-            # [groups] holds the group names themselves; its one key is auto_depth.
+            # [groups] holds the group names themselves; its one key is auto_depth. A field that
+            # says where the file is ([task] folder) is not a key of it.
+            if not key.metadata.get("in_file", True):
+                continue
             if key.name != "patterns" and not re.search(rf"^#?\s*{key.name} =", reference, re.M):
                 missing.append(f"[{section.name}] {key.name}")
     assert not missing, f"keys the study file reference does not show: {missing}"
@@ -111,6 +114,51 @@ def test_quickstart_runs_exactly_as_the_readme_says(tmp_path: Path) -> None:
     # by far, and trains the head.
     assert record["value"] > 0.6
     assert record["lrs"]["head"] > 0
+
+
+def test_the_notebook_example_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    section = README.split("## From Python (a notebook): `lrsearch.search`", 1)[1]
+    found = re.search(r"<!-- lrsearch-example: notebook -->\s*```python\n(.*?)```", section, re.S)
+    assert found, "the notebook section has no example marked <!-- lrsearch-example: notebook -->"
+    monkeypatch.chdir(tmp_path)  # its sqlite:///notebook.db lands here
+    threads = torch.get_num_threads()
+    namespace: dict[str, object] = {"__name__": "readme_notebook"}
+    try:
+        exec(compile(found.group(1), "README:notebook", "exec"), namespace)
+    finally:
+        torch.set_num_threads(threads)
+    best = namespace["best"]
+    assert (tmp_path / "notebook.db").is_file()
+    assert set(best.lrs) == {"body", "head"}  # type: ignore[attr-defined]
+    assert 0.0 <= best.value <= 1.0  # type: ignore[attr-defined]
+
+
+# Words that name what a number in a study file counts or measures.
+_UNIT_WORDS = (
+    "levels",
+    "seconds",
+    "steps",
+    "trials",
+    "examples",
+    "MiB",
+    "fraction",
+    "epochs",
+    "seed",
+    "no unit",
+    "norm",
+)
+
+
+def test_every_number_in_the_study_file_reference_says_its_unit() -> None:
+    reference = README.split("## Study file reference", 1)[1].split("### How a trial ends", 1)[0]
+    numbers = re.findall(r"^#?\s*(\w+) = (-?[0-9][0-9.e+-]*)\s*(?:#(.*))?$", reference, re.M)
+    assert len(numbers) > 10
+    missing = [key for key, _, comment in numbers if not any(w in comment for w in _UNIT_WORDS)]
+    assert not missing, f"study file keys whose comment names no unit: {missing}"
 
 
 def test_no_code_study_files_are_read_by_the_spec_reader() -> None:

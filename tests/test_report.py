@@ -248,3 +248,32 @@ def test_report_without_matplotlib_names_the_extra(
     with pytest.raises(LrsearchError, match=re.escape('pip install "lrsearch[report]"')):
         write_report(reported.url, reported.name, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_importance_table_has_every_searched_parameter_and_adds_up(tmp_path: Path) -> None:
+    url, name = f"sqlite:///{tmp_path / 's.db'}", f"{RUN_PREFIX}knobs"
+    data = toy_spec_data(
+        name,
+        study={"seed": 2},
+        space={"freeze": ["embed"], "weight_decay": [1e-5, 1e-1]},
+        pruner={"kind": "none"},
+    )
+    run_search(
+        StudySpec.from_dict(data, source="test"),
+        storage=url,
+        n_trials=12,
+        device="cpu",
+        train_fn=Scripted(["complete"] * 12),
+    )
+    reported = collect(url, name)
+    assert "weight_decay" in reported.importance.values
+    html = write_report(url, name, tmp_path / "out").read_text(encoding="utf-8")
+    rows = re.findall(
+        r"<tr><td><b>(.*?)</b></td><td>(.*?)</td><td>.*?</td><td>(\d+)%</td></tr>", html
+    )
+    names = [r[0] for r in rows]
+    assert set(names) == set(reported.importance.values) and "weight_decay" in names
+    # Each share is rounded to a whole percent: together within a rounding of 100.
+    assert abs(sum(int(r[2]) for r in rows) - 100) <= len(rows) / 2
+    best_wd = reported.best["weight_decay"] if reported.best is not None else None
+    assert dict((r[0], r[1]) for r in rows)["weight_decay"] == f"{float(best_wd):.3g}"

@@ -12,8 +12,10 @@ from typing import Any
 
 import optuna
 import pytest
-from conftest import postgres_url, toy_spec_data
+from click.testing import CliRunner
+from conftest import postgres_url, to_toml, toy_spec_data
 
+from lrsearch.cli import main
 from lrsearch.errors import LrsearchError, StorageError, StudyMismatchError, StudyNotFoundError
 from lrsearch.spec import StudySpec
 from lrsearch.storage import (
@@ -27,6 +29,7 @@ from lrsearch.storage import (
     open_storage,
     resolve_url,
     stored_spec,
+    study_names,
 )
 
 SpecBuilder = Callable[..., StudySpec]
@@ -181,6 +184,27 @@ def test_create_stores_the_spec(storage_url: str, study_name: str, toy_spec: Spe
     assert stored_spec(study) == spec
     assert stored_spec(study).groups.names == ("embed", "body", "head")  # order is meaning
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+
+
+def test_the_stored_spec_has_the_studys_own_name(
+    storage_url: str, new_name: Callable[[], str], tmp_path: Path
+) -> None:
+    # `run --study other file.toml`: the study is 'other', and so is the name its spec says.
+    file_name, renamed = new_name(), new_name()
+    spec_file = tmp_path / "study.toml"
+    spec_file.write_text(to_toml(toy_spec_data(file_name)), encoding="utf-8")
+    result = CliRunner().invoke(
+        main, ["create", str(spec_file), "--storage", storage_url, "--study", renamed]
+    )
+    assert result.exit_code == 0, result.output
+    storage = open_storage(storage_url)
+    assert stored_spec(load_study(storage, renamed)).study.name == renamed
+    assert file_name not in study_names(storage)
+    # The same file again under the same --study resumes it: the name is not part of the search.
+    again = CliRunner().invoke(
+        main, ["create", str(spec_file), "--storage", storage_url, "--study", renamed]
+    )
+    assert again.exit_code == 0 and "exists with the same search" in again.stdout
 
 
 def test_resume_refuses_reordered_groups(

@@ -15,15 +15,19 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrsearch.errors import TaskError
+from lrsearch.errors import TaskError, TaskSpecError
 
 Batch = Any
 """A tensor, or a tuple/list/dict of tensors; the trainer moves it to the trial's device."""
@@ -243,24 +247,58 @@ def digest_tensors(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def load_task(entry: str, kwargs: dict[str, Any] | None = None) -> Task:
+def load_task(
+    entry: str, kwargs: dict[str, Any] | None = None, *, folders: Sequence[str | Path] = ()
+) -> Task:
     """Import ``"package.module:function"`` and call it with ``kwargs`` to get a task.
+
+    The module is looked for on ``sys.path`` first (installed packages, ``$PYTHONPATH``), then in
+    ``folders`` (the study file's folder), then in the working directory; the extra folders are
+    searched while the module is imported and the task built, and taken off ``sys.path`` after.
+
+    Args:
+        entry: ``"package.module:function"``.
+        kwargs: Passed to the function (``[task] kwargs``).
+        folders: Folders to search after ``sys.path`` (``run SPEC``: the folder of ``SPEC``).
 
     Raises:
         TaskError: The entry cannot be imported or called, or what it returns is not a task.
     """
     module_name, sep, attr = entry.partition(":")
     if not sep or not module_name or not attr:
-        raise TaskError(
+        raise TaskSpecError(
             f"task entry {entry!r} must look like 'package.module:function' "
             "(e.g. 'lrsearch.tasks.digits:digits_transfer')"
         )
+    with _searched(*folders, Path.cwd()):
+        return _load(entry, module_name, attr, kwargs)
+
+
+@contextmanager
+def _searched(*folders: str | Path) -> Iterator[None]:
+    """``folders`` at the end of ``sys.path`` (those not on it already) for the ``with`` block."""
+    added = []
+    for folder in folders:
+        text = os.fspath(Path(folder).resolve())
+        if text not in sys.path and text not in added:
+            added.append(text)
+    sys.path.extend(added)
+    try:
+        yield
+    finally:
+        for text in added:
+            if text in sys.path:
+                sys.path.remove(text)
+
+
+def _load(entry: str, module_name: str, attr: str, kwargs: dict[str, Any] | None) -> Task:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise TaskError(
-            f"cannot import task module {module_name!r} of entry {entry!r}: {e}; "
-            "install its package or fix [task] entry"
+            f"cannot import task module {module_name!r} of entry {entry!r}: {e}; install its "
+            "package, put it beside the study file or in the working directory, or fix [task] "
+            "entry"
         ) from e
     factory = getattr(module, attr, None)
     if not callable(factory):
@@ -273,7 +311,7 @@ def load_task(entry: str, kwargs: dict[str, Any] | None = None) -> Task:
         try:
             signature.bind(**(kwargs or {}))
         except TypeError as e:
-            raise TaskError(
+            raise TaskSpecError(
                 f"task {entry!r} does not take [task] kwargs {kwargs or {}}: {e}; its "
                 f"parameters are {signature}"
             ) from e
