@@ -1,10 +1,10 @@
 """Study files: TOML in, frozen dataclasses out, every problem reported at once.
 
 A study file has the sections ``study``, ``task``, ``groups``, ``space``, ``train``, ``pruner`` and
-``sampler`` (README.md, "Study file reference", lists every key). Unknown keys are errors, because
-a typo in a learning-rate search silently searches the wrong thing. The same reader checks a spec
-stored inside a study (``StudySpec.from_dict``), so a worker rebuilding a study from the database
-gets the same checks.
+``sampler`` (docs/study-file.md, "Study file reference", lists every key). Unknown keys are errors,
+because a typo in a learning-rate search silently searches the wrong thing. The same reader checks
+a spec stored inside a study (``StudySpec.from_dict``), so a worker rebuilding a study from the
+database gets the same checks.
 """
 
 from __future__ import annotations

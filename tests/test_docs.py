@@ -1,4 +1,8 @@
-"""The README is part of the product: its commands must exist and its quickstart must run."""
+"""The README and docs/ are part of the product: their commands must exist and their examples run.
+
+``README`` below is the whole hand-written documentation (README.md, then every page of docs/ but
+the generated CLI reference): a section moved between them is still found by its heading.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,11 @@ import pytest
 from lrsearch.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+DOCS = ROOT / "docs"
+GENERATED = DOCS / "cli.md"  # written by lrsearch._cli_reference
+README_FILE = (ROOT / "README.md").read_text(encoding="utf-8")
+PAGES = sorted(p for p in DOCS.glob("*.md") if p != GENERATED)
+README = "\n".join([README_FILE, *(p.read_text(encoding="utf-8") for p in PAGES)])
 
 
 def _code_blocks(lang: str) -> list[str]:
@@ -24,7 +32,7 @@ def _code_blocks(lang: str) -> list[str]:
 
 
 def _two_commands() -> tuple[str, str]:
-    section = README.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    section = README_FILE.split("## Two commands", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
     assert len(blocks) == 2, "the 'Two commands' section must hold exactly two bash blocks"
     install, tests = (b.strip() for b in blocks)
@@ -170,3 +178,40 @@ def test_no_code_study_files_are_read_by_the_spec_reader() -> None:
     for block in blocks:
         spec = StudySpec.from_dict(tomllib.loads(block), source="README")
         assert spec.task.entry.startswith("lrsearch.tasks.")
+
+
+def test_the_cli_reference_page_is_what_the_commands_say() -> None:
+    from lrsearch._cli_reference import markdown
+
+    assert GENERATED.read_text(encoding="utf-8") == markdown(), (
+        "docs/cli.md is stale: run python -m lrsearch._cli_reference > docs/cli.md"
+    )
+
+
+def test_every_docs_page_is_in_the_site_and_every_link_resolves() -> None:
+    import yaml
+
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))["nav"]
+    listed = {page for entry in nav for page in entry.values()}
+    assert listed == {p.name for p in DOCS.glob("*.md")}
+    anchors: dict[Path, set[str]] = {}
+
+    def anchors_of(path: Path) -> set[str]:
+        if path not in anchors:
+            headings = re.findall(r"(?m)^#{1,4} (.+)$", path.read_text(encoding="utf-8"))
+            anchors[path] = {
+                re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings
+            }
+        return anchors[path]
+
+    broken = []
+    for page in [ROOT / "README.md", *DOCS.glob("*.md")]:
+        text = page.read_text(encoding="utf-8")
+        for target in re.findall(r"\]\((?!https?:)([^)\s]+)\)", text):
+            path_part, _, anchor = target.partition("#")
+            linked = (page.parent / path_part).resolve() if path_part else page
+            if not linked.exists():
+                broken.append(f"{page.name}: {target}")
+            elif anchor and linked.suffix == ".md" and anchor not in anchors_of(linked):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, broken

@@ -31,21 +31,21 @@ from lrsearch.tasks import TensorClassificationTask, load_task
 from lrsearch.training import schedule_factor
 
 ROOT = Path(__file__).resolve().parent.parent
-# Where the examples live: the README; the draft only until the README holds them.
-SOURCES = [ROOT / "README.md", Path("/tmp/readme_verify_export.md")]
+# Where the examples live: the docs page on using the result, and the README.
+SOURCES = [ROOT / "docs" / "using-the-result.md", ROOT / "README.md"]
 # The quickstart's trial 0, enqueued: the per-group config the task's docstring measures.
 PER_GROUP = {"freeze.stem": True, "freeze.body": False, "lr.body": 1e-4, "lr.head": 1e-2}
 
 
 def example(name: str) -> str:
-    """The python block after ``<!-- lrsearch-example: NAME -->`` in the README."""
+    """The python block after ``<!-- lrsearch-example: NAME -->`` in the docs."""
     pattern = rf"<!-- lrsearch-example: {re.escape(name)} -->\s*```python\n(.*?)```"
     for path in SOURCES:
         if path.is_file():
             found = re.search(pattern, path.read_text(encoding="utf-8"), flags=re.S)
             if found:
                 return found.group(1)
-    raise AssertionError(f"README.md has no python block marked <!-- lrsearch-example: {name} -->")
+    raise AssertionError(f"the docs have no python block marked <!-- lrsearch-example: {name} -->")
 
 
 def run_examples(namespace: dict[str, Any], *names: str) -> dict[str, Any]:
