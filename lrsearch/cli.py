@@ -12,7 +12,8 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -38,6 +39,13 @@ class _Cli(click.Group):
                 raise
             click.echo(f"lrsearch: error: {one_line(str(e))}", err=True)
             ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            # Ctrl-C before a search took over its signals, or after it gave them back (a third
+            # Ctrl-C in a row): one line, not click's "Aborted!"; no trial is in flight there.
+            if ctx.params.get("debug"):
+                raise
+            click.echo("lrsearch: interrupted; the study is intact", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
 
 
 def one_line(message: str) -> str:
@@ -86,6 +94,34 @@ def threads_option(f: F) -> F:
     )(f)
 
 
+def storage_retry_option(f: F) -> F:
+    """``--storage-retry SECONDS``: how long a command that trains waits out a lost database."""
+    return click.option(
+        "--storage-retry",
+        type=click.FloatRange(min=0),
+        default=None,
+        metavar="SECONDS",
+        help="Keep retrying a database that stopped answering for this long, with backoff "
+        "(default: $LRSEARCH_STORAGE_RETRY, else 600); past it the trial is queued again and "
+        "the command stops with an error.",
+    )(f)
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM as Ctrl-C for a command that trains: until the search takes over its signals (and
+    after), it raises KeyboardInterrupt; the search itself then reports it as interrupted."""
+    try:
+        previous: Any = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread (an embedding app): its own SIGTERM handling stands
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def study_option(f: F) -> F:
     return click.option("--study", "study", required=True, metavar="NAME", help="Study name.")(f)
 
@@ -120,6 +156,7 @@ def main(debug: bool) -> None:
 )
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
 @threads_option
+@storage_retry_option
 def run(
     spec_file: Path,
     storage: str | None,
@@ -128,6 +165,7 @@ def run(
     timeout: float | None,
     device: str | None,
     threads: int | None,
+    storage_retry: float | None,
 ) -> None:
     """Run (or resume) the study in SPEC until its budget of trials is met."""
     from lrsearch.search import run_search
@@ -138,24 +176,19 @@ def run(
     set_threads(threads)
     bar = _ProgressBar()
     try:
-        previous: Any = signal.signal(signal.SIGTERM, _raise_interrupt)
-        installed = True
-    except ValueError:  # not the main thread (an embedding app): its own SIGTERM handling stands
-        previous, installed = None, False
-    try:
-        summary = run_search(
-            spec,
-            storage=storage,
-            study_name=study,
-            n_trials=n_trials,
-            timeout=timeout,
-            device=device,
-            on_trial=bar.update,
-        )
+        with _sigterm_interrupts():
+            summary = run_search(
+                spec,
+                storage=storage,
+                study_name=study,
+                n_trials=n_trials,
+                timeout=timeout,
+                device=device,
+                on_trial=bar.update,
+                storage_retry=storage_retry,
+            )
     finally:
         bar.close()
-        if installed:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     click.echo(_summary_text(summary))
     if summary.interrupted:
         click.echo("lrsearch: interrupted; the study is intact, run again to resume", err=True)
@@ -280,15 +313,33 @@ def create(spec_file: Path, storage: str | None, study: str | None) -> None:
 )
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
 @threads_option
+@storage_retry_option
 def worker(
-    storage: str | None, study: str, n_trials: int | None, device: str | None, threads: int | None
+    storage: str | None,
+    study: str,
+    n_trials: int | None,
+    device: str | None,
+    threads: int | None,
+    storage_retry: float | None,
 ) -> None:
     """Join a study and run its trials until its budget is met (SIGTERM: stop cleanly, exit 0)."""
     from lrsearch.search import run_worker
     from lrsearch.threads import set_threads
 
     set_threads(threads)
-    summary = run_worker(storage, study, n_trials=n_trials, device=device, on_trial=_trial_line)
+    try:
+        with _sigterm_interrupts():
+            summary = run_worker(
+                storage,
+                study,
+                n_trials=n_trials,
+                device=device,
+                on_trial=_trial_line,
+                storage_retry=storage_retry,
+            )
+    except KeyboardInterrupt:  # before its first trial: nothing to queue again
+        click.echo("lrsearch: worker stopped before its first trial", err=True)
+        return
     click.echo(_summary_text(summary))
     stopped = [o.number for o in summary.outcomes if o.outcome == "interrupted"]
     if stopped:
