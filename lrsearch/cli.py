@@ -189,6 +189,7 @@ def run(
             )
     finally:
         bar.close()
+    _stopping(summary.interrupted)
     click.echo(_summary_text(summary))
     if summary.interrupted:
         click.echo("lrsearch: interrupted; the study is intact, run again to resume", err=True)
@@ -197,6 +198,14 @@ def run(
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+def _stopping(interrupted: bool) -> None:
+    """A command a signal stopped ignores more of them while it reports and exits: a Ctrl-C
+    pressed again would otherwise land in the summary, or in the interpreter's shutdown."""
+    if interrupted:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
 
 
 class _ProgressBar:
@@ -340,6 +349,7 @@ def worker(
     except KeyboardInterrupt:  # before its first trial: nothing to queue again
         click.echo("lrsearch: worker stopped before its first trial", err=True)
         return
+    _stopping(summary.interrupted)
     click.echo(_summary_text(summary))
     stopped = [o.number for o in summary.outcomes if o.outcome == "interrupted"]
     if stopped:

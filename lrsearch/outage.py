@@ -31,6 +31,7 @@ _RACE_MESSAGES = (
     "pg_type_typname_nsp_index",
     "duplicate key value violates unique constraint",
     "unique constraint failed: version_info",
+    "unique constraint failed: alembic_version",
     "deadlock detected",
 )
 

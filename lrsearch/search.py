@@ -146,7 +146,7 @@ POLL_S = 1.0
 # clocks of different machines to disagree (its start time is the worker's clock).
 ORPHAN_AFTER_S = 600.0
 # The reason of a lost trial that was never sampled (not counted: no configuration was lost).
-_UNSAMPLED_REASON = "worker lost before the trial was sampled"
+_UNSAMPLED = "worker lost before the trial was sampled"
 # A configuration whose worker died is re-run this many times; after that its trial stays failed
 # (a configuration that kills its worker, e.g. by exhausting memory, must not kill them all).
 MAX_LOSSES = 1
@@ -636,19 +636,19 @@ def _sweep(study: optuna.Study, store: ResilientStorage, lost: Sequence[int], gr
     swept = 0
     for trial_id in lost:
         trial = store.get_trial(trial_id)
+        # A trial whose worker died before sampling it has no configuration to re-run, and must
+        # not use the budget (the budget rule skips interrupted trials).
+        sampled = bool(_params(study, trial))
         try:
             # Attributes first: a finished trial takes no more writes.
-            store.set_trial_user_attr(trial_id, OUTCOME_ATTR, "failed")
-            store.set_trial_user_attr(trial_id, REASON_ATTR, LOST_REASON)
+            outcome, reason = ("failed", LOST_REASON) if sampled else ("interrupted", _UNSAMPLED)
+            store.set_trial_user_attr(trial_id, OUTCOME_ATTR, outcome)
+            store.set_trial_user_attr(trial_id, REASON_ATTR, reason)
             store.set_trial_state_values(trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:
             continue  # its worker finished it after all, or another worker swept it first
         swept += 1
-        if not _params(study, trial):
-            # Its worker died before sampling it: there is no configuration to re-run, and it
-            # must not use the budget (the budget rule skips interrupted trials).
-            store.set_trial_user_attr(trial_id, OUTCOME_ATTR, "interrupted")
-            store.set_trial_user_attr(trial_id, REASON_ATTR, _UNSAMPLED_REASON)
+        if not sampled:
             _log.warning(
                 "lrsearch: trial %d lost its worker before it was sampled: not counted, nothing "
                 "to re-run",
