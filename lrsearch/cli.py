@@ -31,6 +31,12 @@ EXIT_INTERRUPTED = 130
 class _Cli(click.Group):
     """Turns library errors into one-line messages and exit codes."""
 
+    as_program = False  # run as the program (arguments from sys.argv), not called in-process
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        self.as_program = not args and kwargs.get("args") is None
+        return super().main(*args, **kwargs)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -107,19 +113,42 @@ def storage_retry_option(f: F) -> F:
     )(f)
 
 
+class _Interrupts:
+    """SIGINT and SIGTERM in a command that trains, outside the search (which handles them itself
+    while it runs): KeyboardInterrupt before it, nothing once it has returned (the command is
+    ending anyway: a Ctrl-C pressed again must not land in the summary, or in a garbage
+    collector's callback or the interpreter's shutdown, as a traceback)."""
+
+    def __init__(self) -> None:
+        self.ended = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if not self.ended:
+            raise KeyboardInterrupt
+
+
 @contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM as Ctrl-C for a command that trains: until the search takes over its signals (and
-    after), it raises KeyboardInterrupt; the search itself then reports it as interrupted."""
+def _interrupts() -> Iterator[_Interrupts]:
+    """Installs :class:`_Interrupts`; an in-process caller (not the program itself) gets its own
+    handlers back afterwards, the program ignores the signals while it exits."""
+    handler = _Interrupts()
+    signals = (signal.SIGINT, signal.SIGTERM)
     try:
-        previous: Any = signal.signal(signal.SIGTERM, _raise_interrupt)
-    except ValueError:  # not the main thread (an embedding app): its own SIGTERM handling stands
-        yield
+        previous = {s: signal.signal(s, handler) for s in signals}
+    except ValueError:  # not the main thread (an embedding app): its own handling stands
+        yield handler
         return
     try:
-        yield
+        yield handler
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        root = click.get_current_context().find_root().command
+        for s, old in previous.items():
+            if getattr(root, "as_program", False):
+                # The program is ending. Ignored, not handled: Python's shutdown puts the default
+                # action back in place of a Python handler, and a late Ctrl-C would kill it.
+                signal.signal(s, signal.SIG_IGN)
+            else:
+                signal.signal(s, signal.SIG_DFL if old is None else old)
 
 
 def study_option(f: F) -> F:
@@ -176,7 +205,7 @@ def run(
     set_threads(threads)
     bar = _ProgressBar()
     try:
-        with _sigterm_interrupts():
+        with _interrupts() as interrupts:
             summary = run_search(
                 spec,
                 storage=storage,
@@ -187,9 +216,9 @@ def run(
                 on_trial=bar.update,
                 storage_retry=storage_retry,
             )
+            interrupts.ended = True
     finally:
         bar.close()
-    _stopping(summary.interrupted)
     click.echo(_summary_text(summary))
     if summary.interrupted:
         click.echo("lrsearch: interrupted; the study is intact, run again to resume", err=True)
@@ -198,14 +227,6 @@ def run(
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
-
-
-def _stopping(interrupted: bool) -> None:
-    """A command a signal stopped ignores more of them while it reports and exits: a Ctrl-C
-    pressed again would otherwise land in the summary, or in the interpreter's shutdown."""
-    if interrupted:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, signal.SIG_IGN)
 
 
 class _ProgressBar:
@@ -337,7 +358,7 @@ def worker(
 
     set_threads(threads)
     try:
-        with _sigterm_interrupts():
+        with _interrupts() as interrupts:
             summary = run_worker(
                 storage,
                 study,
@@ -346,10 +367,10 @@ def worker(
                 on_trial=_trial_line,
                 storage_retry=storage_retry,
             )
+            interrupts.ended = True
     except KeyboardInterrupt:  # before its first trial: nothing to queue again
         click.echo("lrsearch: worker stopped before its first trial", err=True)
         return
-    _stopping(summary.interrupted)
     click.echo(_summary_text(summary))
     stopped = [o.number for o in summary.outcomes if o.outcome == "interrupted"]
     if stopped:

@@ -537,47 +537,51 @@ def _search(loop: _Loop, summary: SearchSummary) -> SearchSummary:
     start = time.perf_counter()
     look = _Looker(loop)
     loop.store.should_stop = lambda: stop.requested  # a signal ends a wait for the database
-    try:
-        with (
-            stop.installed(),
-            _cleaned_up(loop, summary, current),
-            _Heartbeat(loop.store, loop.prepared.spec.study.heartbeat_interval) as beat,
-        ):
-            count = look(sweep=True)  # also of the trials of workers that died before this one
-            summary.already_finished = count.counted
-            _update_best(summary, study)  # once here, then from this run's own results
-            while not stop.requested and not (
-                loop.limit is not None and time.perf_counter() - start >= loop.limit
+    # Installed until the very end: a signal that comes late is only noted, never raised in the
+    # search's last writes (nor in a garbage collector's callback, as a printed traceback).
+    with stop.installed():
+        try:
+            with (
+                _cleaned_up(loop, summary, current),
+                _Heartbeat(loop.store, loop.prepared.spec.study.heartbeat_interval) as beat,
             ):
-                if not count.start_another(loop.budget):
-                    if count.counted >= loop.budget:
+                count = look(sweep=True)  # also of the trials of workers that died before this one
+                summary.already_finished = count.counted
+                _update_best(summary, study)  # once here, then from this run's own results
+                while not stop.requested and not (
+                    loop.limit is not None and time.perf_counter() - start >= loop.limit
+                ):
+                    if not count.start_another(loop.budget):
+                        if count.counted >= loop.budget:
+                            break
+                        # The trials other workers are running would meet the budget: wait for them
+                        # (and re-run one of them if its worker is lost).
+                        stop.wait(POLL_S)
+                        count = look()
+                        continue
+                    if loop.prepared.spec.train.batch_trials > 1:
+                        outcomes = _run_batch(loop, stop, beat, current, count)
+                        # all of them recorded
+                        stops = [_record(loop, summary, o) for o in outcomes]
+                        if any(stops):
+                            break
+                        count = look()
+                        continue
+                    try:
+                        outcome = _run_one(loop, stop, beat, current)
+                    finally:
+                        beat.track(None)
+                    if _record(loop, summary, outcome):
                         break
-                    # The trials other workers are running would meet the budget: wait for them
-                    # (and re-run one of them if its worker is lost).
-                    stop.wait(POLL_S)
                     count = look()
-                    continue
-                if loop.prepared.spec.train.batch_trials > 1:
-                    outcomes = _run_batch(loop, stop, beat, current, count)
-                    stops = [_record(loop, summary, o) for o in outcomes]  # all of them recorded
-                    if any(stops):
-                        break
-                    count = look()
-                    continue
-                try:
-                    outcome = _run_one(loop, stop, beat, current)
-                finally:
-                    beat.track(None)
-                if _record(loop, summary, outcome):
-                    break
-                count = look()
-            summary.interrupted = stop.requested or summary.count("interrupted") > 0
-            if not stop.requested:  # a stop asked is not delayed by a sweep
-                look(sweep=True)  # before leaving: a trial lost meanwhile is failed, queued again
-    finally:
-        summary.seconds = time.perf_counter() - start
-        loop.store.release()
-    _update_best(summary, study)  # other workers may have found better meanwhile
+                summary.interrupted = stop.requested or summary.count("interrupted") > 0
+                if not stop.requested:  # a stop asked is not delayed by a sweep
+                    # before leaving: a trial lost meanwhile is failed, queued again
+                    look(sweep=True)
+        finally:
+            summary.seconds = time.perf_counter() - start
+            loop.store.release()
+        _update_best(summary, study)  # other workers may have found better meanwhile
     return summary
 
 
@@ -626,6 +630,11 @@ class _Looker:
                 return count
         self.next_sweep = time.monotonic() + self.interval
         look = loop.store.look(study_id, grace=loop.grace, orphan_after=ORPHAN_AFTER_S)
+        # Just after an outage every heartbeat is old: the other workers get a grace period to
+        # beat again before their trials are taken for lost (and re-run for nothing).
+        settled = time.monotonic() - loop.store.recovered_at > loop.grace
+        if look.lost and not settled:  # taken for alive meanwhile
+            return replace(look.count, running=look.count.running + len(look.lost))
         if look.lost and _sweep(loop.study, loop.store, look.lost, loop.grace):
             look = loop.store.look(study_id, grace=loop.grace, orphan_after=ORPHAN_AFTER_S)
         return look.count

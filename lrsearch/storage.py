@@ -33,6 +33,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import re
 import sqlite3
@@ -627,6 +628,7 @@ class ResilientStorage(optuna.storages.BaseStorage):
         self.retry_s = retry_limit() if retry_s is None else retry_s
         self.should_stop: Callable[[], bool] = lambda: False
         self.recoveries = 0  # calls that failed at first and then went through
+        self.recovered_at = -math.inf  # time.monotonic() of the last of them
         self._inner = optuna.storages._CachedStorage(backend)
         self._conn: sqlalchemy.Connection | None = None
 
@@ -692,6 +694,7 @@ class ResilientStorage(optuna.storages.BaseStorage):
                 continue
             if start is not None:
                 self.recoveries += 1
+                self.recovered_at = time.monotonic()
                 _log.warning(
                     "lrsearch: storage %r answers again after %.1f s",
                     self.shown,

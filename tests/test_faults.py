@@ -184,12 +184,12 @@ def _backend(url: str) -> str:
     return "sqlite" if url.startswith("sqlite") else "postgresql"
 
 
-def _sleepy(name: str, *, n_trials: int, sleep_s: float = 0.3) -> dict[str, Any]:
-    """A study whose trials take ~1.2 s (4 steps): long enough to be hurt mid-way."""
+def _sleepy(name: str, *, n_trials: int) -> dict[str, Any]:
+    """A study whose trials take ~2 s (8 steps of 0.25 s): long enough to be hurt mid-way."""
     return toy_spec_data(
         name,
         study={"n_trials": n_trials, **FAST},
-        task={"entry": "toy_tasks:sleepy", "kwargs": {"sleep_s": sleep_s}},
+        task={"entry": "toy_tasks:sleepy", "kwargs": {"sleep_s": 0.25, "n_train": 128}},
     )
 
 
