@@ -625,3 +625,48 @@ def test_a_20_s_outage_under_workers_loses_nothing(
         reruns=sum(1 for t in trials if RETRY_OF_ATTR in t.user_attrs),
         calls_retried=out.count("answers again"),
     )
+
+
+# --- a full disk ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB tmpfs, where it can be mounted (root on Linux); skipped elsewhere."""
+    point = tmp_path / "disk"
+    point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(point)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_with_one_line_and_loses_nothing(
+    small_disk: Path, study_name: str, toy_spec: Any
+) -> None:
+    url, budget = f"sqlite:///{small_disk / 'studies.db'}", 6
+    spec = toy_spec(study_name, study={"n_trials": budget, **FAST})
+    run_search(spec, storage=url, n_trials=2, device="cpu", train_fn=Script([complete] * 2))
+    before = _completed(_trials(url, study_name))
+    filler = small_disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:  # every byte left, so that the next write fails
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
+    script = Script([complete] * budget)
+    with pytest.raises(StorageError) as error:  # waited out like an outage, for 2 s here
+        run_search(spec, storage=url, device="cpu", train_fn=script, storage_retry=2)
+    assert "disk is full" in str(error.value) and "\n" not in str(error.value)
+    filler.unlink()
+    time.sleep(FAST["grace_period"] + 1.2)  # a trial left RUNNING goes stale
+    run_search(spec, storage=url, device="cpu", train_fn=Script([complete] * budget))
+    _assert_intact(_trials(url, study_name), budget=budget, before=before)
