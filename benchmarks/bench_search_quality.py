@@ -58,6 +58,21 @@ Run (see ``SIZES`` for what each mode trains and how long it takes on a 2-core C
 On a CPU shared with other torch jobs pass ``--threads 1``: more torch threads than free cores
 stall training for many times its length (a 2 s trial measured at 50-220 s), timings included.
 
+**Issue 15's options.** ``--strategies gp,tpe_independent,start,gp_start`` adds per_group
+searches that differ from per_group's file in one option (:data:`EXTRAS`); their best trials are
+retrained with the same seeds and compared with single_lr and per_group (``targets.extras``).
+``--budget-seconds S`` gives every strategy S wall seconds instead of a number of trials (no new
+trial starts after S; frozen groups make per_group's trials cheaper, so it runs more of them): (a)
+and (b) then judge the issue's target (c), equal wall time. ``--size full`` trains at realistic
+sizes, meant for a GPU (``SIZES[...]["gpu_full"]``: MiniLM 8,768 reviews at seq 128, 1,000 val,
+1,000 test; MobileNetV2 10,000 images at 64 px), 60 trials a strategy; the CPU modes are as
+before. On one GPU, e.g.::
+
+    python benchmarks/bench_search_quality.py --size full --device cuda --strategies gp,start \
+        --out benchmarks/results/search_quality_gpu_full.json
+    python benchmarks/bench_search_quality.py --size full --device cuda --budget-seconds 300 \
+        --strategies gp,start --out benchmarks/results/search_quality_gpu_time.json
+
 Results go to ``benchmarks/results/search_quality.json`` (``--out``) and a PNG beside it. To use
 both cores of a small machine, run one task per core and join the results (``--merge``)::
 
@@ -104,6 +119,17 @@ SEARCHED = (*STRATEGIES, COST_AWARE)
 # Retrained winners: each strategy's best, and the cheapest trial within NEAR_BEST of the best of
 # the per_group searches (target (c) judges the cost-aware one; the other is reported beside it).
 ROLES = ("per_group", "per_group_cheapest", f"{COST_AWARE}_cheapest", "single_lr", "layer_decay")
+# More per_group searches, each the per_group file with one option changed (--strategies):
+# samplers and the one-rate start of issue 15, compared with the same seeds and budget. Their
+# best trials are retrained like the others' and compared with single_lr and per_group.
+EXTRAS: dict[str, str] = {
+    "gp": "[sampler] kind = gp (Optuna's GPSampler)",
+    "tpe_independent": "[sampler] multivariate = false (TPE per parameter)",
+    "start": '[space] start = "single": the first third of the trials a one-rate sweep',
+    "gp_start": "both: GPSampler after a one-rate sweep of a third of the trials",
+}
+# Trials per strategy in --budget-seconds mode: more than any search starts in the time given.
+UNBOUNDED = 1_000_000
 # The per_group winner that trains fastest among those this close to its best (0.5 points).
 NEAR_BEST = 0.005
 SPEEDUP_TARGET = 2.0
@@ -157,13 +183,37 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     # The quickstart's own sizes (200 train, 300 val; the 99 images left are the test split).
     "digits": {"quick": {"kwargs": {}, "trials": 12}, "full": {"kwargs": {}, "trials": None}},
 }
+# --size full: realistic sizes, meant for a GPU (issue 15), 60 trials a strategy. MiniLM: every
+# review the splits leave (10,768 class-balanced in all, minus 1,000 val and 1,000 test), seq 128;
+# MobileNetV2: 10,000 images at 64 px. Digits has no larger size: its own again.
+SIZES["minilm"]["gpu_full"] = {
+    "kwargs": {"n_train": 8768, "n_val": 1000, "n_test": 1000, "seq_len": 128},
+    "trials": 60,
+}
+SIZES["mobilenet"]["gpu_full"] = {
+    "kwargs": {"n_train": 10000, "n_val": 2000, "n_test": 2000, "image_size": 64},
+    "trials": 60,
+}
+SIZES["digits"]["gpu_full"] = {"kwargs": {}, "trials": 60}
 
 
 # --- the specs ------------------------------------------------------------------------------------
 
 
-def load_specs(task: str, *, mode: str, trials: int | None, seed: int) -> dict[str, Any]:
-    """The three strategies' specs of ``task``, resized for ``mode``, with one budget and seed.
+def load_specs(
+    task: str,
+    *,
+    mode: str,
+    trials: int | None,
+    seed: int,
+    extras: tuple[str, ...] = (),
+    unbounded: bool = False,
+) -> dict[str, Any]:
+    """The strategies' specs of ``task``, resized for ``mode``, with one budget and seed.
+
+    ``extras`` (of :data:`EXTRAS`) adds per_group variants; ``unbounded`` (--budget-seconds) sets
+    every budget to :data:`UNBOUNDED` trials: time stops the searches, and a one-rate start takes
+    the third of ``trials`` (or the mode's) all the same.
 
     Raises:
         LrsearchError: A study file is missing or invalid.
@@ -172,16 +222,33 @@ def load_specs(task: str, *, mode: str, trials: int | None, seed: int) -> dict[s
 
     size = SIZES[task][mode]
     specs = {}
+    planned = 0
     for strategy, rel in STUDY_FILES[task].items():
         spec = load_spec(ROOT / rel)
-        n_trials = trials or size["trials"] or spec.study.n_trials
+        planned = trials or size["trials"] or spec.study.n_trials
         specs[strategy] = dataclasses.replace(
             spec,
-            study=dataclasses.replace(spec.study, n_trials=n_trials, seed=seed),
+            study=dataclasses.replace(
+                spec.study, n_trials=UNBOUNDED if unbounded else planned, seed=seed
+            ),
             task=dataclasses.replace(spec.task, kwargs={**spec.task.kwargs, **size["kwargs"]}),
         )
     specs[COST_AWARE] = cost_aware(specs["per_group"])
+    for extra in extras:
+        specs[f"per_group_{extra}"] = variant(specs["per_group"], extra, planned)
     return specs
+
+
+def variant(spec: Any, extra: str, planned: int) -> Any:
+    """The per_group ``spec`` with :data:`EXTRAS`' option ``extra`` (``planned``: its trials)."""
+    sampler, space = spec.sampler, spec.space
+    if extra in ("gp", "gp_start"):
+        sampler = dataclasses.replace(sampler, kind="gp")
+    if extra == "tpe_independent":
+        sampler = dataclasses.replace(sampler, multivariate=False, group=None)
+    if extra in ("start", "gp_start"):
+        space = dataclasses.replace(space, start="single", start_trials=max(1, planned // 3))
+    return dataclasses.replace(spec, sampler=sampler, space=space)
 
 
 def cost_aware(spec: Any) -> Any:
@@ -218,9 +285,19 @@ def differences(specs: dict[str, Any]) -> list[str]:
 
 
 def run_strategy(
-    spec: Any, *, url: str, name: str, device: str, label: str
+    spec: Any,
+    *,
+    url: str,
+    name: str,
+    device: str,
+    label: str,
+    budget_seconds: float | None = None,
 ) -> tuple[dict[str, Any], list[int]]:
-    """Search one strategy; return its record (every trial, best so far) and the seeds it used."""
+    """Search one strategy; return its record (every trial, best so far) and the seeds it used.
+
+    With ``budget_seconds`` the search starts no trial after that many seconds (``run_search``'s
+    timeout), whatever its trial budget.
+    """
     from lrsearch.analysis import load_trials
     from lrsearch.search import run_search
     from lrsearch.training import train_trial
@@ -260,6 +337,7 @@ def run_strategy(
         storage=url,
         study_name=name,
         n_trials=spec.study.n_trials,
+        timeout=budget_seconds,
         device=device,
         on_trial=on_trial,
         train_fn=timed_train,
@@ -286,7 +364,10 @@ def run_strategy(
     record = {
         "study": name,
         "space": spec.space.kind,
-        "n_trials": spec.study.n_trials,
+        "n_trials": spec.study.n_trials if budget_seconds is None else len(trials),
+        "budget_seconds": budget_seconds,
+        "sampler": spec.sampler.kind,
+        "start": spec.space.start if spec.space.kind == "per_group" else None,
         "direction": summary.direction,
         "cost": spec.study.cost,
         "search_wall_s": wall,
@@ -491,6 +572,23 @@ def targets(tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def extra_comparisons(tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The per_group variants (--strategies) against the one rate and against plain per_group,
+    per task: test-mean differences and the noise allowed, as the targets compare."""
+    return {
+        name: {
+            role: {
+                "vs_single_lr": compare(r["test"], t["results"]["single_lr"]["test"]),
+                "vs_per_group": compare(r["test"], t["results"]["per_group"]["test"]),
+            }
+            for role, r in t["results"].items()
+            if role not in ROLES
+        }
+        for name, t in tasks.items()
+        if "results" in t
+    }
+
+
 def warm_up(spec: Any, *, device: str) -> None:
     """Build the task and train one step untimed, so no strategy pays the process's first costs.
 
@@ -518,9 +616,17 @@ def run_task(task: str, args: argparse.Namespace, url: str, run_id: str) -> dict
     from lrsearch.errors import LrsearchError
     from lrsearch.verify import verify_seeds
 
-    mode = "quick" if args.quick else "full"
+    mode = size_mode(args)
+    extras = tuple(f"per_group_{e}" for e in args.strategies)
     try:
-        specs = load_specs(task, mode=mode, trials=args.trials, seed=args.seed)
+        specs = load_specs(
+            task,
+            mode=mode,
+            trials=args.trials,
+            seed=args.seed,
+            extras=tuple(args.strategies),
+            unbounded=args.budget_seconds is not None,
+        )
     except LrsearchError as e:
         return {"skipped": str(e)}
     unfair = differences(specs)
@@ -530,7 +636,9 @@ def run_task(task: str, args: argparse.Namespace, url: str, run_id: str) -> dict
     out: dict[str, Any] = {
         "entry": first.task.entry,
         "kwargs": first.task.kwargs,
-        "n_trials": first.study.n_trials,
+        "n_trials": None if args.budget_seconds is not None else first.study.n_trials,
+        "budget_seconds": args.budget_seconds,
+        "extras": {f"per_group_{e}": EXTRAS[e] for e in args.strategies},
         "seed": args.seed,
         "study_files": STUDY_FILES[task],
         "spec_differences": unfair,
@@ -541,16 +649,26 @@ def run_task(task: str, args: argparse.Namespace, url: str, run_id: str) -> dict
     try:
         warm_up(first, device=args.device)
         out["warm_up_s"] = time.perf_counter() - t0
-        for strategy in SEARCHED:
+        budget = (
+            f"{args.budget_seconds:g} s"
+            if args.budget_seconds
+            else f"{first.study.n_trials} trials"
+        )
+        for strategy in (*SEARCHED, *extras):
             name = f"bench-quality-{run_id}-{task}-{strategy}"
-            print(f"  {strategy}: {first.study.n_trials} trials -> study {name}", flush=True)
+            print(f"  {strategy}: {budget} -> study {name}", flush=True)
             record, seeds = run_strategy(
-                specs[strategy], url=url, name=name, device=args.device, label=strategy
+                specs[strategy],
+                url=url,
+                name=name,
+                device=args.device,
+                label=strategy,
+                budget_seconds=args.budget_seconds,
             )
             searches[strategy] = record
             used.update(seeds)
         winners: dict[str, tuple[str, dict[str, Any]]] = {}
-        for strategy in SEARCHED:
+        for strategy in (*SEARCHED, *extras):
             for role, trial in pick_winners(searches[strategy], strategy).items():
                 winners[role] = (strategy, trial)
         seeds = verify_seeds(args.seeds, used)
@@ -560,7 +678,7 @@ def run_task(task: str, args: argparse.Namespace, url: str, run_id: str) -> dict
         # A missing package surfaces here (prepare wraps it as a TaskError) before any trial.
         return {**out, "skipped": str(e), "strategies": searches}
     results: dict[str, Any] = {}
-    for role in ROLES:
+    for role in (*ROLES, *extras):
         found = winners.get(role)
         strategy = found[0] if found else role.split("_cheapest")[0]
         chosen = found[1] if found else None
@@ -600,7 +718,12 @@ def print_table(task: str, record: dict[str, Any]) -> None:
         f"{'strategy':24s} {'trial':>5s} {'best val':>8s} {'test mean ± sd':>16s} "
         f"{'train s':>8s} {'median':>7s} {'done/pruned':>11s} {'search s':>8s}"
     )
-    print(f"\n{task} ({record['entry']}, {record['kwargs']}, {record['n_trials']} trials)")
+    budget = (
+        f"{record['budget_seconds']:g} s a strategy"
+        if record.get("budget_seconds")
+        else f"{record['n_trials']} trials"
+    )
+    print(f"\n{task} ({record['entry']}, {record['kwargs']}, {budget})")
     print(head)
     print("-" * len(head))
     for role, r in record["results"].items():
@@ -616,6 +739,18 @@ def print_table(task: str, record: dict[str, Any]) -> None:
             f"{done:>11s} "
             f"{search['search_wall_s']:8.1f}"
         )
+
+
+def print_extras(extras_by_task: dict[str, Any]) -> None:
+    print()
+    for task, extras in extras_by_task.items():
+        for role, c in extras.items():
+            one, pg = c["vs_single_lr"], c["vs_per_group"]
+            print(
+                f"{task}: {role} test mean - single_lr's {_fmt(one['difference'], '+.4f')} "
+                f"(noise {_fmt(one['allowed'], '.4f')}), - per_group's "
+                f"{_fmt(pg['difference'], '+.4f')} (noise {_fmt(pg['allowed'], '.4f')})"
+            )
 
 
 def print_targets(result: dict[str, Any]) -> None:
@@ -714,6 +849,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated, of {', '.join(STUDY_FILES)} (default minilm,mobilenet)",
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes and few trials (~10 min)")
+    p.add_argument(
+        "--size",
+        choices=("cpu", "full"),
+        default="cpu",
+        help="cpu (default): the CPU sizes (--quick or not); full: realistic sizes for a GPU "
+        "(MiniLM: 8,768 reviews at seq 128; MobileNetV2: 10,000 images at 64 px), 60 trials",
+    )
+    p.add_argument(
+        "--budget-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="every strategy searches for S wall seconds (no new trial after), not a number of "
+        "trials: equal time, where frozen groups make per_group's trials cheaper",
+    )
+    p.add_argument(
+        "--strategies",
+        default="",
+        help="more per_group searches, comma-separated, of "
+        f"{', '.join(EXTRAS)} (default none); see EXTRAS",
+    )
     p.add_argument("--trials", type=int, default=None, help="trials per strategy (overrides mode)")
     p.add_argument("--seeds", type=int, default=3, help="retraining seeds per winner (default 3)")
     p.add_argument("--seed", type=int, default=0, help="the sampler seed of every study")
@@ -750,11 +906,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown task(s) {unknown}; choose from {', '.join(STUDY_FILES)}")
     if args.trials is not None and args.trials < 1:
         p.error("--trials must be >= 1")
+    if args.quick and args.size == "full":
+        p.error("--quick and --size full name two sizes; give one")
+    if args.budget_seconds is not None and not args.budget_seconds > 0:
+        p.error("--budget-seconds must be > 0")
+    args.strategies = [e.strip() for e in args.strategies.split(",") if e.strip()]
+    bad = [e for e in args.strategies if e not in EXTRAS]
+    if bad:
+        p.error(f"unknown strategies {bad}; choose from {', '.join(EXTRAS)}")
     if args.seeds < 1:
         p.error("--seeds must be >= 1")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")
     return args
+
+
+def size_mode(args: argparse.Namespace) -> str:
+    """The key of :data:`SIZES` the arguments choose."""
+    if args.size == "full":
+        return "gpu_full"
+    return "quick" if args.quick else "full"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -789,7 +960,7 @@ def _run(args: argparse.Namespace, *, start: float) -> int:
     tasks: dict[str, dict[str, Any]] = {}
     try:
         for task in args.tasks:
-            print(f"{task}: ({'quick' if args.quick else 'full'} mode)", flush=True)
+            print(f"{task}: ({size_mode(args)} mode)", flush=True)
             try:
                 tasks[task] = run_task(task, args, url, run_id)
             except Exception as e:  # a bug in one task must not lose the others' hours
@@ -812,6 +983,7 @@ def show(report: dict[str, Any], out: Path) -> Path:
     for task, record in report["tasks"].items():
         print_table(task, record)
     print_targets(report["targets"])
+    print_extras(report.get("extras", {}))
     png = out.with_suffix(".png")
     plot(report["tasks"], png)
     return png
@@ -839,14 +1011,16 @@ def write_json(
         "machine": machine(args.device),
         "source": args.source,
         "config": {
-            "mode": "quick" if args.quick else "full",
+            "mode": size_mode(args),
+            "budget_seconds": args.budget_seconds,
+            "strategies": [*SEARCHED, *(f"per_group_{e}" for e in args.strategies)],
             "tasks": args.tasks,
             "trials": args.trials,
             "seeds": args.seeds,
             "sampler_seed": args.seed,
             "threads": args.threads,
             "storage": "temporary SQLite file" if temporary else mask_url(url),
-            "sizes": {t: SIZES[t]["quick" if args.quick else "full"] for t in args.tasks},
+            "sizes": {t: SIZES[t][size_mode(args)] for t in args.tasks},
             "near_best": NEAR_BEST,
             "speedup_target": SPEEDUP_TARGET,
         },
@@ -859,6 +1033,7 @@ def write_json(
         "tasks": tasks,
         "skipped": {t: r["skipped"] for t, r in tasks.items() if "skipped" in r},
         "targets": targets(tasks),
+        "extras": extra_comparisons(tasks),
         "total_wall_s": time.perf_counter() - start,
     }
     _write(report, args.out)
@@ -904,6 +1079,7 @@ def merge(paths: list[Path], out: Path, *, note: str | None = None) -> int:
         "tasks": tasks,
         "skipped": {t: r["skipped"] for t, r in tasks.items() if "skipped" in r},
         "targets": targets(tasks),
+        "extras": extra_comparisons(tasks),
     }
     _write(report, out)
     png = show(report, out)

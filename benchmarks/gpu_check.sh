@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One GPU check, under 8 minutes: the GPU tests, the throughput benchmark (MiniLM at its default
-# size and at a realistic one), the hand-written anchor and the MiniLM search-quality benchmark,
-# each step time-boxed, all on CUDA. Figures land in one folder: $OUT if set (the device tool's
-# result folder), else benchmarks/results/gpu. A step that fails or runs out of time is logged and
-# the next one runs.
+# size and at a realistic one), the hand-written anchor, one GPU shared by workers against batched
+# trials, and a profile of where a trial's time goes, each step time-boxed, all on CUDA
+# (GPU_CHECK_SEARCH=1 adds the MiniLM search-quality benchmark, ~90 s more). Figures land in one
+# folder: $OUT if set (the device tool's result folder), else benchmarks/results/gpu. A step that
+# fails or runs out of time is logged and the next one runs.
 #
 # On an offline GPU machine whose Python has torch and transformers, first build the carry here
 # (../shared/gpu/prepare-carry.sh: optuna, sqlalchemy and their needs as wheels, MiniLM as fp16,
@@ -37,20 +38,21 @@ step() {  # step NAME SECONDS COMMAND...
   say "== $name: exit $rc after $((SECONDS - t0)) s"
 }
 
-step gpu_tests 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_gpu_engine.py
+# Each step writes its figures straight into $out: a run cut short still returns what it made.
+step gpu_tests 70 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_gpu_engine.py
 step throughput 130 python3 benchmarks/bench_throughput.py --device cuda --tasks minilm \
-  --trials 32 --ks 8,32 --sweep-trials 0 --out "$work/throughput_cuda.json"
-step realistic 110 python3 benchmarks/bench_throughput.py --device cuda --tasks minilm \
+  --trials 32 --ks 8,32 --sweep-trials 0 --out "$out/throughput_cuda.json"
+step realistic 100 python3 benchmarks/bench_throughput.py --device cuda --tasks minilm \
   --size realistic --trials 8 --ks 8 --modes plain --sweep-trials 0 \
-  --out "$work/throughput_realistic_cuda.json"
-if [ -f benchmarks/bench_vs_plain.py ]; then
-  step vs_plain 70 python3 benchmarks/bench_vs_plain.py --device cuda --out "$work/vs_plain_cuda.json"
+  --out "$out/throughput_realistic_cuda.json"
+step vs_plain 60 python3 benchmarks/bench_vs_plain.py --device cuda --out "$out/vs_plain_cuda.json"
+step gpu_share 100 python3 benchmarks/bench_gpu_share.py --device cuda --trials 24 --k 8 \
+  --workers 4 --out "$out/gpu_share_cuda.json"
+step profile 50 python3 benchmarks/profile_trial.py --device cuda --size default --trials 3 --k 8 \
+  --chunks 1 --out "$out/profile_trial_cuda.json"
+if [ "${GPU_CHECK_SEARCH:-0}" = 1 ]; then  # ~90 s more: over the 8 minutes with the steps above
+  step search_quality 130 python3 benchmarks/bench_search_quality.py --tasks minilm --trials 30 \
+    --device cuda --out "$out/search_quality_cuda.json" \
+    --note "benchmarks/gpu_check.sh on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 fi
-step search_quality 130 python3 benchmarks/bench_search_quality.py --tasks minilm --trials 30 \
-  --device cuda --out "$work/search_quality_cuda.json" \
-  --note "benchmarks/gpu_check.sh on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
-
-for f in throughput_cuda throughput_realistic_cuda vs_plain_cuda search_quality_cuda; do
-  [ -f "$work/$f.json" ] && cp "$work/$f.json" "$out/"
-done
 say "figures in $out"

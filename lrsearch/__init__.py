@@ -19,6 +19,7 @@ _EXPORTS = {
     "LrsearchError": "errors",
     "SpecError": "errors",
     "TaskError": "errors",
+    "UntrustedTaskError": "errors",
     "GroupError": "errors",
     "StorageError": "errors",
     "StudyNotFoundError": "errors",
@@ -50,6 +51,7 @@ _EXPORTS = {
     "load_config": "config",
     "build_optimizer": "config",
     "verify_trial": "verify",
+    "confirm_study": "confirm",
 }
 
 __all__ = [
@@ -70,9 +72,11 @@ __all__ = [
     "TensorClassificationTask",
     "TrainResult",
     "TrialOutcome",
+    "UntrustedTaskError",
     "__version__",
     "build_optimizer",
     "build_param_groups",
+    "confirm_study",
     "export_config",
     "load_config",
     "load_spec",
@@ -106,6 +110,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from lrsearch.analysis import load_trials
     from lrsearch.config import build_optimizer, load_config
+    from lrsearch.confirm import confirm_study
     from lrsearch.errors import (
         ExportError,
         GroupError,
@@ -115,6 +120,7 @@ if TYPE_CHECKING:
         StudyMismatchError,
         StudyNotFoundError,
         TaskError,
+        UntrustedTaskError,
     )
     from lrsearch.export import export_config, to_python
     from lrsearch.groups import LayerGroups, build_param_groups, make_optimizer, resolve_groups

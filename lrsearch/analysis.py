@@ -24,8 +24,19 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
+from lrsearch.confirm import describe, seed_values
 from lrsearch.errors import LrsearchError
-from lrsearch.pick import Rule, candidates, cost, metric, pareto_front, pick, rank
+from lrsearch.pick import (
+    Rule,
+    Seeded,
+    candidates,
+    cost,
+    metric,
+    pareto_front,
+    pick,
+    rank,
+    rank_seeded,
+)
 
 # Not from lrsearch.search: that imports torch, and `lrsearch best` should start fast.
 from lrsearch.storage import (
@@ -151,14 +162,37 @@ def best_trials(
         raise LrsearchError(
             f"study {study_name!r} has no complete trial yet; run it with `lrsearch run`"
         )
-    if rule is not None and (rule.within is not None or rule.max_cost is not None):
+    seeds = {} if front else seed_values(study)
+    seeded = {s.trial.number: s for s in rank_seeded(trials, seeds, maximize=maximize)}
+    if rule is not None and rule.trades:
         if (top is not None and top != 1) or front:
-            raise LrsearchError("--within / --max-cost pick one trial; drop --top and --front")
-        return [trial_record(pick(trials, maximize=maximize, rule=rule))]
+            raise LrsearchError(
+                "--within / --max-cost / --within-sd pick one trial; drop --top and --front"
+            )
+        chosen = pick(trials, maximize=maximize, rule=rule, seeds=seeds)
+        return [_seeded_record(chosen, seeded)]
     ranked = pareto_front(trials, maximize=maximize) if front else rank(trials, maximize=maximize)
+    if seeded:
+        # The confirmed trials by their mean (the best is pick's), then the others by value.
+        ranked = [
+            *(s.trial for s in seeded.values()),
+            *(t for t in ranked if t.number not in seeded),
+        ]
     # Default: the one best trial, or the whole front.
     count = top if top is not None else len(ranked) if front else 1
-    return [trial_record(t) for t in ranked[:count]]
+    return [_seeded_record(t, seeded) for t in ranked[:count]]
+
+
+def _seeded_record(trial: optuna.trial.FrozenTrial, seeded: dict[int, Seeded]) -> dict[str, Any]:
+    """:func:`trial_record`, with ``seeds`` (mean, sd, n, failed) and ``ranking`` (how the best was
+    chosen) when the study's top trials were retrained (``lrsearch confirm``)."""
+    record = trial_record(trial)
+    s = seeded.get(trial.number)
+    record["seeds"] = (
+        None if s is None else {"mean": s.mean, "sd": s.sd, "n": len(s.values), "failed": s.failed}
+    )
+    record["ranking"] = describe(list(seeded.values())) if seeded else "by the search's value"
+    return record
 
 
 def _open(storage: optuna.storages.BaseStorage | str | None) -> optuna.storages.BaseStorage:
@@ -218,8 +252,11 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     infos = [trial_info(t) for t in trials]
     lrs = [{g: _float(info["lrs"].get(g)) for g in groups} for info in infos]
     knobs = ["weight_decay"]
+    # lrsearch's own parameters show as lr.<group> / frozen.<group>; any other, also a plain
+    # Optuna study's "lr.head", is a column of its own.
+    ours = {f"{kind}.{g}" for g in groups for kind in ("lr", "freeze")}
     for t in trials:
-        knobs.extend(n for n in t.params if not n.startswith(("lr.", "freeze.")) and n not in knobs)
+        knobs.extend(n for n in t.params if n not in ours and n not in knobs)
     cols: dict[str, Any] = {
         "number": pd.Series([t.number for t in trials], dtype="int64"),
         "state": pd.Series([trial_state(t) for t in trials]),

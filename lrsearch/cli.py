@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import signal
 import sys
@@ -151,8 +152,32 @@ def _interrupts() -> Iterator[_Interrupts]:
                 signal.signal(s, signal.SIG_DFL if old is None else old)
 
 
+def allow_task_option(f: F) -> F:
+    """``--allow-task ENTRY``: a stored task entry this command may import and run."""
+    return click.option(
+        "--allow-task",
+        "allow_tasks",
+        multiple=True,
+        metavar="MODULE:FUNCTION",
+        help="Run this task entry if the study names it (repeatable; MODULE:* allows a module). "
+        "Built-in tasks are always allowed; $LRSEARCH_ALLOW_TASKS adds more, comma-separated.",
+    )(f)
+
+
+def _study_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--study``: one rule for every command (``""`` is no study, never the file's name)."""
+    from lrsearch.limits import study_name_problem
+
+    problem = None if value is None else study_name_problem(value)
+    if problem:
+        raise LrsearchError(f"--study: a study name {problem}")
+    return value
+
+
 def study_option(f: F) -> F:
-    return click.option("--study", "study", required=True, metavar="NAME", help="Study name.")(f)
+    return click.option(
+        "--study", "study", required=True, metavar="NAME", callback=_study_name, help="Study name."
+    )(f)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -170,7 +195,14 @@ def main(debug: bool) -> None:
 @main.command()
 @click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
 @storage_option
-@click.option("--study", "study", default=None, metavar="NAME", help="Default: [study] name.")
+@click.option(
+    "--study",
+    "study",
+    default=None,
+    metavar="NAME",
+    callback=_study_name,
+    help="Default: [study] name.",
+)
 @click.option(
     "--n-trials",
     type=click.IntRange(min=1),
@@ -225,15 +257,12 @@ def run(
         sys.exit(EXIT_INTERRUPTED)
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 class _ProgressBar:
     """A tqdm bar of finished trials with done / pruned / best in its postfix."""
 
     def __init__(self) -> None:
         self.bar: Any = None
+        self.log: logging.Handler | None = None
         self.started = time.time()  # the bar appears with the first trial's end, timed from here
 
     def update(self, outcome: Any, summary: Any) -> None:
@@ -250,6 +279,9 @@ class _ProgressBar:
             )
             # Elapsed time and rate count the first trial too (not "21 trial/s" for a 51 s one).
             self.bar.start_t = self.bar.last_print_t = self.started
+            # Warnings (a storage retry) go above the bar, not onto its line.
+            self.log = _AboveBar()
+            logging.getLogger("lrsearch").addHandler(self.log)
         self.bar.update(1)
         self.bar.set_postfix(
             complete=summary.count("complete"),
@@ -260,8 +292,26 @@ class _ProgressBar:
         )
 
     def close(self) -> None:
+        if self.log is not None:
+            logging.getLogger("lrsearch").removeHandler(self.log)
         if self.bar is not None:
             self.bar.close()
+
+
+class _AboveBar(logging.Handler):
+    """lrsearch's warnings, printed as without a bar (Python's last-resort stderr handler would),
+    but through tqdm, which clears the bar's line first and redraws it below."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # as logging's own handlers: a failed warning never stops a search
+            self.handleError(record)
 
 
 def _fmt(value: Any) -> str:
@@ -295,6 +345,13 @@ def _summary_text(s: Any) -> str:
         + (f", {s.count('lost')} lost to a heartbeat sweep" if s.count("lost") else "")
         + (", 1 interrupted" if s.interrupted else ""),
     ]
+    if ran and s.seconds > 0:
+        outside = max(s.seconds - s.training_seconds, 0.0)
+        lines.append(
+            f"time: {s.training_seconds:.1f} s training, {outside:.1f} s "
+            f"({100 * outside / s.seconds:.0f}%) outside it: asking and telling the storage, "
+            "sampling, pruning checks, waits"
+        )
     if ran == 0 and not s.interrupted:
         lines.append(
             f"the study already has {s.already_finished} finished trial(s), its budget is "
@@ -302,16 +359,83 @@ def _summary_text(s: Any) -> str:
         )
     if s.best_lrs is not None:
         lines.append(f"best: trial {s.best_number}, value {_fmt(s.best_value)}")
+        if s.confirmation is not None:
+            lines.append(f"winner {s.confirmation['note']}")
         lines.append(_table(["group", "lr"], [[g, _lr_text(lr)] for g, lr in s.best_lrs.items()]))
     else:
         lines.append("no complete trial yet")
     return "\n".join(lines)
 
 
+def _kwarg(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    from lrsearch.init import parse_kwarg
+
+    try:
+        return dict(parse_kwarg(v) for v in values)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+
+
+@main.command()
+@click.argument("model", metavar="MODEL")
+@click.option(
+    "-k",
+    "--kwarg",
+    "kwargs",
+    multiple=True,
+    callback=_kwarg,
+    metavar="KEY=VALUE",
+    help="A [task] kwarg (repeatable); VALUE is read as TOML (200, [1, 2]), else as text.",
+)
+@click.option(
+    "--blocks",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Groups the repeated blocks are split into.",
+)
+@click.option("--name", default=None, metavar="NAME", help="Study name (default: from MODEL).")
+@click.option("--n-trials", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Write the study file here (default: print it).",
+)
+def init(
+    model: str,
+    kwargs: dict[str, Any],
+    blocks: int,
+    name: str | None,
+    n_trials: int,
+    output: Path | None,
+) -> None:
+    """Write a study file for MODEL: a built-in task, a task entry or a Hugging Face folder."""
+    from lrsearch.init import study_text
+    from lrsearch.threads import set_threads
+
+    set_threads(None)
+    text = study_text(model, kwargs, blocks=blocks, name=name, n_trials=n_trials)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    output.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {output}; run it with: lrsearch run {output}", err=True)
+
+
 @main.command()
 @click.argument("spec_file", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
 @storage_option
-@click.option("--study", "study", default=None, metavar="NAME", help="Default: [study] name.")
+@click.option(
+    "--study",
+    "study",
+    default=None,
+    metavar="NAME",
+    callback=_study_name,
+    help="Default: [study] name.",
+)
 def create(spec_file: Path, storage: str | None, study: str | None) -> None:
     """Create the study in SPEC for workers to join (or check it), without running a trial."""
     from lrsearch.search import create_study
@@ -343,6 +467,7 @@ def create(spec_file: Path, storage: str | None, study: str | None) -> None:
 )
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
 @threads_option
+@allow_task_option
 @storage_retry_option
 def worker(
     storage: str | None,
@@ -350,6 +475,7 @@ def worker(
     n_trials: int | None,
     device: str | None,
     threads: int | None,
+    allow_tasks: tuple[str, ...],
     storage_retry: float | None,
 ) -> None:
     """Join a study and run its trials until its budget is met (SIGTERM: stop cleanly, exit 0)."""
@@ -365,6 +491,7 @@ def worker(
                 n_trials=n_trials,
                 device=device,
                 on_trial=_trial_line,
+                allow_tasks=allow_tasks,
                 storage_retry=storage_retry,
             )
             interrupts.ended = True
@@ -413,6 +540,12 @@ def pick_options(fn: F) -> F:
         default=None,
         help="The best metric among trials that cost at most this (seconds, or the study's cost).",
     )(fn)
+    fn = click.option(
+        "--within-sd",
+        is_flag=True,
+        help="The cheapest confirmed trial whose mean is within one seed sd of the best mean "
+        "(needs `lrsearch confirm`).",
+    )(fn)
     return click.option(
         "--within",
         type=float,
@@ -421,10 +554,10 @@ def pick_options(fn: F) -> F:
     )(fn)
 
 
-def _rule(within: float | None, max_cost: float | None) -> Any:
+def _rule(within: float | None, max_cost: float | None, within_sd: bool = False) -> Any:
     from lrsearch.pick import Rule
 
-    return Rule(within=within, max_cost=max_cost)
+    return Rule(within=within, max_cost=max_cost, within_sd=within_sd)
 
 
 @main.command()
@@ -447,6 +580,7 @@ def best(
     top: int | None,
     front: bool,
     within: float | None,
+    within_sd: bool,
     max_cost: float | None,
     fmt: str,
 ) -> None:
@@ -458,7 +592,7 @@ def best(
         open_storage(storage, create=False),
         study,
         top=top,
-        rule=_rule(within, max_cost),
+        rule=_rule(within, max_cost, within_sd),
         front=front,
     )
     if fmt == "json":
@@ -466,17 +600,27 @@ def best(
         click.echo(json.dumps(records[0] if one else records, indent=2))
         return
     groups = list(records[0]["lrs"])
-    headers = ["trial", "value", "cost", *groups]
+    seeded = records[0]["seeds"] is not None
+    headers = ["trial", "value", *(["mean", "sd", "seeds"] if seeded else []), "cost", *groups]
     rows = [
         [
             r["trial"],
             r["value"],
+            *(_seed_cells(r["seeds"]) if seeded else []),
             "" if r["cost"] is None else f"{r['cost']:.4g}",
             *[_lr_text(r["lrs"].get(g, math.nan)) for g in groups],
         ]
         for r in records
     ]
     click.echo(_table(headers, rows))
+    if seeded:
+        click.echo(records[0]["ranking"])
+
+
+def _seed_cells(seeds: dict[str, Any] | None) -> list[Any]:
+    if seeds is None:
+        return ["", "", ""]
+    return [seeds["mean"], "" if seeds["sd"] is None else seeds["sd"], seeds["n"]]
 
 
 # As lrsearch.analysis.STATES / FORMATS (not imported: that module pulls in Optuna at start-up).
@@ -553,6 +697,7 @@ def export(
     storage: str | None,
     trial: int | None,
     within: float | None,
+    within_sd: bool,
     max_cost: float | None,
     fmt: str,
     output: Path | None,
@@ -561,11 +706,15 @@ def export(
     from lrsearch.export import export_config, to_python
     from lrsearch.storage import open_storage
 
-    if trial is not None and (within is not None or max_cost is not None):
-        raise click.UsageError("--trial names the trial; --within / --max-cost pick one: give one")
+    if trial is not None and (within is not None or max_cost is not None or within_sd):
+        raise click.UsageError(
+            "--trial names the trial; --within / --max-cost / --within-sd pick one: give one"
+        )
     config = export_config(
-        open_storage(storage, create=False), study, trial, rule=_rule(within, max_cost)
+        open_storage(storage, create=False), study, trial, rule=_rule(within, max_cost, within_sd)
     )
+    if "selection" in config:
+        click.echo(f"trial {config['trial']}: {config['selection']}", err=True)
     text = json.dumps(config, indent=2) + "\n" if fmt == "json" else to_python(config)
     if output is None:
         click.echo(text, nl=False)
@@ -590,8 +739,15 @@ def export(
 )
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@allow_task_option
 def verify(
-    study: str, storage: str | None, trial: int | None, seeds: int, device: str | None, fmt: str
+    study: str,
+    storage: str | None,
+    trial: int | None,
+    seeds: int,
+    device: str | None,
+    fmt: str,
+    allow_tasks: tuple[str, ...],
 ) -> None:
     """Retrain a trial (default: the best) and the best single-rate trial with fresh seeds."""
     from lrsearch.storage import open_storage
@@ -608,8 +764,71 @@ def verify(
         seeds=seeds,
         device=device,
         on_run=progress,
+        allow_tasks=allow_tasks,
     )
     click.echo(json.dumps(result, indent=2) if fmt == "json" else _verify_text(result))
+
+
+@main.command()
+@study_option
+@storage_option
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Retrain this many of the best trials (default: [winner] top_k, 3).",
+)
+@click.option(
+    "--reseeds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Seeds per trial beyond the search's own (default: [winner] reseeds).",
+)
+@click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@allow_task_option
+def confirm(
+    study: str,
+    storage: str | None,
+    top_k: int | None,
+    reseeds: int | None,
+    device: str | None,
+    fmt: str,
+    allow_tasks: tuple[str, ...],
+) -> None:
+    """Retrain the best trials with more seeds; best, export and report then rank by the mean."""
+    from lrsearch.confirm import confirm_study
+    from lrsearch.storage import open_storage
+
+    def progress(role: str, number: int, run: dict[str, Any]) -> None:
+        value = run["outcome"] if run["value"] is None else _fmt(run["value"])
+        click.echo(f"trial {number}, seed {run['seed']}: {value}", err=True)
+
+    result = confirm_study(
+        open_storage(storage, create=False),
+        study,
+        top_k=top_k,
+        reseeds=reseeds,
+        device=device,
+        on_run=progress,
+        allow_tasks=allow_tasks,
+    )
+    if fmt == "json":
+        click.echo(json.dumps(result, indent=2))
+        return
+    rows = [
+        [
+            t["trial"],
+            t["search_value"],
+            t["mean"],
+            "" if t["sd"] is None else t["sd"],
+            len(t["values"]),
+            t["failed"],
+        ]
+        for t in result["trials"]
+    ]
+    click.echo(_table(["trial", "search", "mean", "sd", "seeds", "failed"], rows))
+    click.echo(result["note"])
 
 
 def _verify_text(r: dict[str, Any]) -> str:
@@ -674,7 +893,14 @@ def _devices_option(ctx: click.Context, param: click.Parameter, value: str | Non
     "round-robin.",
 )
 @storage_option
-@click.option("--study", "study", default=None, metavar="NAME", help="Default: [study] name.")
+@click.option(
+    "--study",
+    "study",
+    default=None,
+    metavar="NAME",
+    callback=_study_name,
+    help="Default: [study] name.",
+)
 @click.option(
     "--n-trials",
     type=click.IntRange(min=1),

@@ -36,6 +36,10 @@ class TaskError(LrsearchError):
     """A task entry point cannot be imported, called, or does not behave as a task."""
 
 
+class UntrustedTaskError(TaskError):
+    """A task entry read from a study that this process was not told to run (lrsearch.trust)."""
+
+
 class GroupError(LrsearchError):
     """Layer groups do not partition a model's trainable parameters."""
 

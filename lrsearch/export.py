@@ -19,8 +19,9 @@ from typing import Any
 import optuna
 
 from lrsearch.config import OPTIMIZER_NAMES, SCHEMA, load_config
+from lrsearch.confirm import describe, seed_values
 from lrsearch.errors import ExportError, LrsearchError
-from lrsearch.pick import Rule, numbered, pick
+from lrsearch.pick import Rule, numbered, pick, rank_seeded
 from lrsearch.storage import GROUPS_ATTR, load_study, stored_spec, trial_info
 
 
@@ -37,7 +38,7 @@ def pick_trial(
     try:
         if number is None:
             maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-            return pick(trials, maximize=maximize, rule=rule)
+            return pick(trials, maximize=maximize, rule=rule, seeds=seed_values(study))
         return numbered(trials, number, study=study.study_name, use="export")
     except LrsearchError as e:
         where = f"study {study.study_name!r}: " if number is None else ""
@@ -77,7 +78,7 @@ def export_config(
         kwargs["weight_decay"] = info["weight_decay"]
     if spec.train.optimizer == "sgd":
         kwargs["momentum"] = spec.train.momentum
-    return {
+    config: dict[str, Any] = {
         "schema": SCHEMA,
         "study": study_name,
         "trial": chosen.number,
@@ -98,6 +99,15 @@ def export_config(
             for g, lr in lrs.items()
         ],
     }
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    seeded = rank_seeded(study.get_trials(deepcopy=False), seed_values(study), maximize=maximize)
+    if trial is None and seeded:
+        # The winner was ranked by its mean over seeds (lrsearch confirm): say so, with the mean.
+        config["selection"] = describe(seeded)
+        mine = [x for x in seeded if x.trial.number == chosen.number]
+        if mine:
+            config["mean"], config["n_seeds"] = mine[0].mean, len(mine[0].values)
+    return config
 
 
 _SNIPPET = '''\
@@ -174,7 +184,7 @@ def to_python(config: Mapping[str, Any]) -> str:
     return _SNIPPET.format(
         study=repr(data.get("study")),
         trial=repr(data.get("trial")),
-        value=repr(data.get("value")),
+        value=repr(data.get("value")) + (f"; {data['selection']}" if data.get("selection") else ""),
         bn_note=bn,
         groups=rows,
         optimizer=OPTIMIZER_NAMES[str(data["optimizer"]["name"]).lower()],

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from lrsearch.errors import GroupError
+from lrsearch.limits import MAX_GROUPS
 
 CATCH_ALL = "*"
 _SHOW = 5
@@ -94,6 +95,11 @@ def resolve_groups(
         (g, tuple([p] if isinstance(p, str) else p))
         for g, p in (groups.items() if isinstance(groups, Mapping) else groups)
     ]
+    if len(pairs) > MAX_GROUPS:
+        raise GroupError(
+            f"{len(pairs)} groups, at most {MAX_GROUPS}: each is a searched dimension; put layers "
+            "in one group with a pattern"
+        )
     twice = sorted(g for g, n in Counter(g for g, _ in pairs).items() if n > 1)
     if twice:
         raise GroupError(f"group(s) named more than once: {', '.join(twice)}; name each group once")
@@ -112,13 +118,20 @@ def resolve_groups(
             f"{len(unmatched)} trainable parameter(s) match no group: {_listed(unmatched)}; add a "
             'pattern for them, or a catch-all group last (rest = ["*"])'
         )
-    for group, patterns in pairs:
-        if not members[group] and tuple(patterns) != (CATCH_ALL,):
-            problems.append(
-                f"group {group!r} (patterns {list(patterns)}) matches no trainable parameter "
-                f"(an earlier group may have taken them); parameter names look like "
-                f"{_listed(names, 3)}"
-            )
+    empty = [
+        f"group {group!r} (patterns {list(patterns)})"
+        for group, patterns in pairs
+        if not members[group] and tuple(patterns) != (CATCH_ALL,)
+    ]
+    if empty:
+        # A short list: thousands of groups would make one error line of megabytes.
+        which = empty[0] if len(empty) == 1 else f"{len(empty)} groups"
+        problems.append(
+            f"{which} {'matches' if len(empty) == 1 else 'match'} no trainable parameter"
+            + ("" if len(empty) == 1 else f": {_listed(empty)}")
+            + " (an earlier group may have taken them); parameter names look like "
+            f"{_listed(names, 3)}"
+        )
     if problems:
         raise GroupError("; ".join(problems))
     kept = [(g, p) for g, p in pairs if members[g]]
@@ -137,6 +150,11 @@ def _auto_groups(names: list[str], depth: int) -> LayerGroups:
         # The last part is the parameter itself; a parameter of a shallower module is its own group.
         prefix = ".".join(parts[: min(depth, max(len(parts) - 1, 1))])
         members.setdefault(prefix, []).append(name)
+    if len(members) > MAX_GROUPS:
+        raise GroupError(
+            f"auto_depth = {depth} makes {len(members)} groups, at most {MAX_GROUPS}: each is a "
+            "searched dimension; use a smaller auto_depth or name the groups"
+        )
     patterns = []
     for group, owned in members.items():
         # A module with parameters of its own *and* deeper groups below it (``block.scale`` beside

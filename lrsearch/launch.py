@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
-from urllib.parse import quote, quote_plus
 
 STORAGE_ENV = "LRSEARCH_STORAGE"
 STORAGE_FILE_ENV = "LRSEARCH_STORAGE_FILE"
@@ -116,16 +115,16 @@ def redact(text: str, url: str) -> str:
 def _password_forms(url: str) -> tuple[str, ...]:
     from sqlalchemy.engine import make_url
 
+    from lrsearch.masking import url_secrets
+
     try:
         password = make_url(url).password
     except Exception:  # a URL that does not parse: the storage reports that, masked
         password = None
-    if not password:
-        return ()
-    forms = {str(password), quote_plus(str(password)), quote(str(password), safe="")}
     # Longest first, so a short spelling never breaks up a longer one; a one- or two-letter
     # password would blot out ordinary words and is left alone.
-    return tuple(sorted((f for f in forms if len(f) >= 3), key=len, reverse=True))
+    forms = url_secrets(url, parsed_password=None if password is None else str(password))
+    return tuple(f for f in forms if len(f) >= 3)
 
 
 @dataclass(frozen=True)
@@ -169,8 +168,12 @@ def plan_workers(
     devices: Sequence[str] | None,
     python: str = sys.executable,
     base_env: Mapping[str, str] | None = None,
+    allow_task: str | None = None,
 ) -> list[Worker]:
     """The ``lrsearch worker`` processes of a launch (nothing is started).
+
+    ``allow_task``: the task entry of the launch's own study file, which its workers may run
+    (``--allow-task``; see :mod:`lrsearch.trust`).
 
     Raises:
         ValueError: As :func:`assign_devices`.
@@ -185,6 +188,8 @@ def plan_workers(
         argv = [python, "-m", "lrsearch.cli", "worker", "--study", study, "--n-trials", str(budget)]
         if device is not None:
             argv += ["--device", "cuda"]  # the one GPU it can see; fails loudly without CUDA
+        if allow_task is not None:
+            argv += ["--allow-task", allow_task]
         env = child_env(base, url, device=device)
         if threads is not None:
             env["OMP_NUM_THREADS"] = str(threads)
@@ -407,6 +412,7 @@ class Launcher:
             n_workers=n_workers,
             devices=devices,
             python=python,
+            allow_task=spec.task.entry,
         )
         self.python = python
         self.poll_interval = poll_interval

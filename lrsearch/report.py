@@ -41,7 +41,9 @@ from lrsearch.analysis import (
     study_groups,
     trials_frame,
 )
+from lrsearch.confirm import describe, seed_values
 from lrsearch.errors import LrsearchError
+from lrsearch.pick import candidates, pick, rank_seeded
 from lrsearch.storage import load_study, open_storage
 
 if TYPE_CHECKING:
@@ -81,6 +83,9 @@ class ReportData:
     stats: list[GroupStats]
     importance: Importance
     ranges: dict[str, tuple[float, float]]
+    # The best trial as lrsearch.pick chooses it, and how, when the study was confirmed.
+    best_number: int | None = None
+    ranking: str | None = None
 
     @property
     def maximize(self) -> bool:
@@ -93,10 +98,14 @@ class ReportData:
 
     @property
     def best(self) -> pd.Series | None:
-        """The best complete trial's row (ties: the earliest)."""
+        """The best complete trial's row (ties: the earliest; lrsearch.pick's when it is set)."""
         done = self.complete
         if done.empty:
             return None
+        if self.best_number is not None:
+            rows = done[done["number"] == self.best_number]
+            if not rows.empty:
+                return rows.iloc[0]
         ranked = done.sort_values(["value", "number"], ascending=[not self.maximize, True])
         return ranked.iloc[0]
 
@@ -121,6 +130,11 @@ def collect(storage: optuna.storages.BaseStorage | str | None, study_name: str) 
     groups = study_groups(study)
     direction = study.directions[0].name.lower()
     ranges = searched_ranges(study, groups)
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    every = study.get_trials(deepcopy=False)
+    seeds = seed_values(study, storage)
+    seeded = rank_seeded(every, seeds, maximize=maximize)
+    best_number = pick(every, maximize=maximize, seeds=seeds).number if candidates(every) else None
     return ReportData(
         study=study_name,
         direction=direction,
@@ -131,6 +145,8 @@ def collect(storage: optuna.storages.BaseStorage | str | None, study_name: str) 
         stats=group_stats(trials, groups, direction=direction, ranges=ranges),
         importance=group_importance(study, trials, groups),
         ranges=ranges,
+        best_number=best_number,
+        ranking=describe(seeded) if seeded else None,
     )
 
 
@@ -631,6 +647,9 @@ def render_html(data: ReportData, images: dict[str, bytes]) -> str:
             f'<div class="best">Best: {float(best["value"]):.4g}</div>'
             f'<div class="sub">trial {int(best["number"])}, {e(data.direction)}</div>'
         )
+        if data.ranking:
+            best_html += f'<div class="sub">{e(data.ranking)}</div>'
+
         rows = []
         for g in data.groups:
             lr = float(best[f"lr.{g}"])

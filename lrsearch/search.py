@@ -67,7 +67,6 @@ import signal
 import socket
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -83,10 +82,13 @@ try:  # private but stable since Optuna 3; the dependency is pinned below 6
 except ImportError:  # pragma: no cover
     _tell_with_warning = None  # type: ignore[assignment]
 
+from lrsearch.confirm import confirm_study, search_budget
 from lrsearch.errors import LrsearchError, StorageUnavailable, TaskError, TrialFailure
 from lrsearch.groups import LayerGroups, resolve_groups
+from lrsearch.limits import SEED_RANGE
 from lrsearch.pick import metric, rank
-from lrsearch.space import Sample, SearchSpace
+from lrsearch.sampler import build_sampler
+from lrsearch.space import Sample, SearchSpace, enqueue_start
 from lrsearch.spec import StudySpec
 from lrsearch.storage import (  # the attribute names are re-exported: they were defined here first
     FINISHED,
@@ -118,6 +120,7 @@ from lrsearch.training import (
     resolve_device,
     resolve_precision,
 )
+from lrsearch.trust import check_stored_entry
 
 __all__ = [
     "FINISHED",
@@ -182,6 +185,11 @@ class SearchSummary:
     best_lrs: dict[str, float] | None = None
     interrupted: bool = False
     seconds: float = 0.0
+    # Of ``seconds``, the time the trainer computed (its reports' storage writes and pruning
+    # checks not counted); the rest went to asking, sampling, telling, sweeps and waits.
+    training_seconds: float = 0.0
+    # [winner] reseeds: what lrsearch.confirm found once the search budget was met.
+    confirmation: dict[str, Any] | None = None
 
     def count(self, outcome: str) -> int:
         return sum(1 for o in self.outcomes if o.outcome == outcome)
@@ -191,33 +199,30 @@ OnTrial = Callable[[TrialOutcome, SearchSummary], None]
 
 
 def make_sampler(
-    spec: StudySpec, *, offset: int = 0, seeded: bool = True
+    spec: StudySpec, *, space: SearchSpace | None = None, offset: int = 0, seeded: bool = True
 ) -> optuna.samplers.BaseSampler:
-    """The study's sampler; TPE is multivariate with group decomposition so that a group's rate is
-    modelled only in the trials where that group trained (the freeze choice makes the space
-    conditional).
+    """The study's sampler (:mod:`lrsearch.sampler` says which and why).
 
     Args:
         spec: The study's spec; ``[study] seed`` seeds the sampler.
+        space: The resolved space, whose dimension ``[sampler] kind = "auto"`` weighs; default:
+            the spec's named groups.
         offset: Trials the study already has. A resumed seeded study adds it to the seed: the same
             seed again would sample the same random start-up points as the first run did.
         seeded: ``False`` ignores the seed. Workers do: workers that start together see the same
             number of trials, so one seed would have them all sample the same start-up points.
+
+    Raises:
+        LrsearchError: The chosen sampler's package is not installed.
     """
-    seed = None if spec.study.seed is None or not seeded else spec.study.seed + offset
-    if spec.sampler.kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    with warnings.catch_warnings():
-        # `multivariate` and `group` are flagged experimental, yet they are what a conditional
-        # space needs; the warning would print on every worker start.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(
-            seed=seed,
-            n_startup_trials=spec.sampler.n_startup_trials,
-            multivariate=spec.sampler.multivariate,
-            group=spec.sampler.multivariate,
-            constant_liar=True,
-        )
+    seed = None
+    if spec.study.seed is not None and seeded:
+        # Wrapped: NumPy, under Optuna's samplers, takes seeds below 2**32 only, and a study
+        # seeded near the top would fail on resume.
+        seed = (spec.study.seed + offset) % SEED_RANGE
+    space = space or SearchSpace(spec.space, spec.groups.names)
+    dimensions, conditional = space.dimensions()
+    return build_sampler(spec, seed=seed, dimensions=dimensions, conditional=conditional)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
@@ -310,11 +315,12 @@ def _open_study(
         name,
         spec,
         direction=prepared.direction,
-        sampler=make_sampler(spec),
+        sampler=make_sampler(spec, space=prepared.space),
         pruner=make_pruner(spec),
     )
     if GROUPS_ATTR not in study.user_attrs:  # also when a first run died right after creating it
         study.set_user_attr(GROUPS_ATTR, {g: list(p) for g, p in prepared.groups.patterns})
+    enqueue_start(study, prepared.space)
     return study, resumed
 
 
@@ -400,23 +406,37 @@ def run_search(
             the task (the trial is marked failed with the reason first).
     """
     prepared = prepare(spec, device=device)
+    budget = search_budget(spec, n_trials if n_trials is not None else spec.study.n_trials)
     name = study_name or spec.study.name
     url = resolve_url(storage)
     store = _connect(url, storage_retry)
     study, resumed = _open_study(store, name, prepared)
     if resumed:
-        study.sampler = make_sampler(spec, offset=len(store.get_all_trials(study._study_id)))
+        study.sampler = make_sampler(
+            spec, space=prepared.space, offset=len(store.get_all_trials(study._study_id))
+        )
     loop = _Loop(
         study=study,
         store=store,
         prepared=prepared,
         device=resolve_device(device),
-        budget=n_trials if n_trials is not None else spec.study.n_trials,
+        budget=budget,
         limit=timeout if timeout is not None else spec.study.timeout,
         trainer=_trainer(trainer, train_fn),
         on_trial=on_trial,
     )
-    return _search(loop, _summary(loop, name, url, resumed=resumed))
+    summary = _search(loop, _summary(loop, name, url, resumed=resumed))
+    if (
+        spec.winner.reseeds
+        and not summary.interrupted
+        and store.count(study._study_id).counted >= budget
+    ):
+        # The search budget is met: the retrainings reserved from n_trials name the winner.
+        # The study file given here is the user's own: its entry is allowed (lrsearch.trust).
+        summary.confirmation = confirm_study(
+            store, name, device=device, train_fn=train_fn, allow_tasks=(spec.task.entry,)
+        )
+    return summary
 
 
 def run_worker(
@@ -428,6 +448,7 @@ def run_worker(
     on_trial: OnTrial | None = None,
     train_fn: TrainFn | None = None,
     trainer: TrainerLike | None = None,
+    allow_tasks: Sequence[str] = (),
     storage_retry: float | None = None,
 ) -> SearchSummary:
     """Join an existing study and run its trials until its budget is met, with its stored spec.
@@ -448,6 +469,8 @@ def run_worker(
             batch_trials``) still stack with ``trainer.train_many``, and use it when they cannot.
         trainer: Trains the trials (default: ``lrsearch.training.DEFAULT``, whose prefix cache
             the process's searches share).
+        allow_tasks: Task entries this worker may run besides the built-in ones and
+            ``$LRSEARCH_ALLOW_TASKS`` (see :mod:`lrsearch.trust`).
         storage_retry: Seconds a storage call is retried while the database is unreachable
             (default ``$LRSEARCH_STORAGE_RETRY``, else 600).
 
@@ -456,14 +479,16 @@ def run_worker(
 
     Raises:
         StudyNotFoundError: No such study.
+        UntrustedTaskError: The stored task entry is not allowed here (nothing is imported).
         LrsearchError: The stored spec or the task does not load here, or a bug in the task.
     """
     url = resolve_url(storage)
     store = _connect(url, storage_retry)
     study = load_study(store, study_name)
     spec = stored_spec(study)
+    check_stored_entry(spec.task.entry, study_name, allow_tasks)
     prepared = prepare(spec, device=device)
-    study.sampler = make_sampler(spec, seeded=False)
+    study.sampler = make_sampler(spec, space=prepared.space, seeded=False)
     study.pruner = make_pruner(spec)
     if GROUPS_ATTR not in study.user_attrs:
         study.set_user_attr(GROUPS_ATTR, {g: list(p) for g, p in prepared.groups.patterns})
@@ -472,12 +497,19 @@ def run_worker(
         store=store,
         prepared=prepared,
         device=resolve_device(device),
-        budget=n_trials if n_trials is not None else spec.study.n_trials,
+        budget=search_budget(spec, n_trials if n_trials is not None else spec.study.n_trials),
         limit=spec.study.timeout,
         trainer=_trainer(trainer, train_fn),
         on_trial=on_trial,
     )
     return _search(loop, _summary(loop, study_name, url, resumed=True))
+
+
+class _Timing:
+    """Seconds in the trainer, and of them in the trials' reports (storage and pruner)."""
+
+    def __init__(self) -> None:
+        self.trainer = self.reports = 0.0
 
 
 @dataclass(frozen=True)
@@ -494,6 +526,7 @@ class _Loop:
     on_trial: OnTrial | None
     # Why a batch first fell back to one trial at a time (then logged as a warning), if one did.
     fell_back: list[str] = field(default_factory=list)
+    timing: _Timing = field(default_factory=_Timing)
 
     @property
     def grace(self) -> int:
@@ -580,6 +613,7 @@ def _search(loop: _Loop, summary: SearchSummary) -> SearchSummary:
                     look(sweep=True)
         finally:
             summary.seconds = time.perf_counter() - start
+            summary.training_seconds = loop.timing.trainer - loop.timing.reports
             loop.store.release()
         _update_best(summary, study)  # other workers may have found better meanwhile
     return summary
@@ -850,6 +884,9 @@ class _Heartbeat:
         self._store = store
         self._interval = interval
         self._trial_ids: tuple[int, ...] = ()
+        # Messages name a trial by its number in the study, as every other line does, not by the
+        # database's id.
+        self._numbers: dict[int, int] = {}
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lrsearch-heartbeat", daemon=True)
         self.failures = 0
@@ -868,18 +905,22 @@ class _Heartbeat:
         self._closing.set()
         self._thread.join(timeout=5.0)  # a beat stuck on a locked database is left to die with us
 
-    def track(self, trial_id: int | None) -> None:
-        """Beat for ``trial_id`` alone from now on (``None``: for no trial)."""
+    def track(self, trial_id: int | None, number: int | None = None) -> None:
+        """Beat for ``trial_id`` (trial ``number``) alone from now on (``None``: for no trial)."""
         if trial_id is not None:
             # At once, not one interval later: a trial whose worker dies before its first
             # heartbeat could never be found stale.
             self._store.record_heartbeat(trial_id)
         self._trial_ids = () if trial_id is None else (trial_id,)
+        if trial_id is not None and number is not None:
+            self._numbers[trial_id] = number
 
-    def add(self, trial_id: int) -> None:
+    def add(self, trial_id: int, number: int | None = None) -> None:
         """Beat for ``trial_id`` too from now on, with its first heartbeat at once (a batch)."""
         self._store.record_heartbeat(trial_id)
         self._trial_ids = (*self._trial_ids, trial_id)
+        if number is not None:
+            self._numbers[trial_id] = number
 
     def _run(self) -> None:
         failing: set[int] = set()
@@ -891,8 +932,8 @@ class _Heartbeat:
                     self.failures += 1
                     if trial_id not in failing:
                         _log.warning(
-                            "lrsearch: heartbeat of trial %d failed (%s); trying again in %g s",
-                            trial_id,
+                            "lrsearch: heartbeat of trial %s failed (%s); trying again in %g s",
+                            self._numbers.get(trial_id, f"id {trial_id}"),
                             type(e).__name__,
                             self._interval,
                         )
@@ -914,7 +955,7 @@ def _run_one(
     current.clear()
     trial = loop.study.ask()
     current.append(trial)
-    beat.track(trial._trial_id)
+    beat.track(trial._trial_id, trial.number)
     outcome, error = _train_one(loop, stop, _Slot(trial, time.perf_counter()))
     if error is not None:
         raise error
@@ -965,12 +1006,15 @@ def _reporter(loop: _Loop, stop: _StopSignals, slot: _Slot) -> Report:
         slot.last_step = max(slot.last_step, step)
         if two_objectives:
             return  # Optuna takes no intermediate values (and prunes nothing) with two
+        start = time.perf_counter()
         with stop.writing():
             try:
                 trial.report(value, step)
                 prune = trial.should_prune()
             except UpdateFinishedTrialError as e:
                 raise _TrialLost from e
+            finally:
+                loop.timing.reports += time.perf_counter() - start
         if prune:
             raise optuna.TrialPruned(f"pruned at step {step} (value {value:.4g})")
 
@@ -987,16 +1031,20 @@ def _train_one(
         if slot.sample is None:
             slot.sample = _sample(loop, slot.trial)
         report = _reporter(loop, stop, slot)
-        with stop.training():
-            result = loop.trainer.train_one(
-                prepared.task,
-                prepared.groups,
-                slot.sample,
-                prepared.spec.train,
-                device=loop.device,
-                seed=_seed(loop, slot.trial),
-                report=report,
-            )
+        start = time.perf_counter()
+        try:
+            with stop.training():
+                result = loop.trainer.train_one(
+                    prepared.task,
+                    prepared.groups,
+                    slot.sample,
+                    prepared.spec.train,
+                    device=loop.device,
+                    seed=_seed(loop, slot.trial),
+                    report=report,
+                )
+        finally:
+            loop.timing.trainer += time.perf_counter() - start
     except (KeyboardInterrupt, Exception) as e:
         result = e
     return _settle(loop, slot, result)
@@ -1073,7 +1121,7 @@ def _run_batch(
         while True:
             trial = loop.study.ask()
             current.append(trial)
-            beat.add(trial._trial_id)
+            beat.add(trial._trial_id, trial.number)
             slots.append(_Slot(trial, time.perf_counter()))
             # The next look would count this trial running, and one queued trial fewer if there
             # was one (ask takes a queued trial first).
@@ -1115,16 +1163,20 @@ def _train_batch(
             results = [KeyboardInterrupt() if r is None else r for r in results]
             ready = []
         if ready:
-            with stop.training():
-                trained = loop.trainer.train_many(
-                    prepared.task,
-                    prepared.groups,
-                    samples,
-                    prepared.spec.train,
-                    device=loop.device,
-                    seeds=[_seed(loop, slots[i].trial) for i in ready],
-                    reports=[_reporter(loop, stop, slots[i]) for i in ready],
-                )
+            start = time.perf_counter()
+            try:
+                with stop.training():
+                    trained = loop.trainer.train_many(
+                        prepared.task,
+                        prepared.groups,
+                        samples,
+                        prepared.spec.train,
+                        device=loop.device,
+                        seeds=[_seed(loop, slots[i].trial) for i in ready],
+                        reports=[_reporter(loop, stop, slots[i]) for i in ready],
+                    )
+            finally:
+                loop.timing.trainer += time.perf_counter() - start
             for i, done in zip(ready, trained, strict=True):
                 results[i] = done
     except BatchingUnsupported as e:

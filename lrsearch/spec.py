@@ -18,25 +18,28 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lrsearch.errors import SpecError
+from lrsearch.limits import MAX_GROUPS, SEED_RANGE, study_name_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-SECTIONS = ("study", "task", "groups", "space", "train", "pruner", "sampler")
+SECTIONS = ("study", "task", "groups", "space", "train", "pruner", "sampler", "winner")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear")
 PRUNERS = ("hyperband", "successive_halving", "median", "none")
-SAMPLERS = ("tpe", "random")
+SAMPLERS = ("tpe", "gp", "random", "auto")
+# How a per_group study starts: the sampler's own start-up trials, or a one-rate sweep (enqueued).
+STARTS = ("sampler", "single")
 SPACE_KINDS = ("per_group", "layer_decay", "single")
 FREEZE_MODES = ("any", "prefix")
 # Keys of [space] that the chosen kind of space never reads, and the kind that does.
 _IGNORED_BY_KIND = {
     "per_group": ("decay", "head", "head_multiplier"),
-    "layer_decay": ("lr_ranges",),
-    "single": ("decay", "head", "head_multiplier", "lr_ranges"),
+    "layer_decay": ("lr_ranges", "start", "start_trials"),
+    "single": ("decay", "head", "head_multiplier", "lr_ranges", "start", "start_trials"),
 }
 _EXECUTION_KEYS = ("cache_mb", "cache_dir", "batch_trials")
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -89,6 +92,11 @@ class SpaceSection:
     head: tuple[str, ...] = ()
     head_multiplier: tuple[float, float] = (1.0, 100.0)
     weight_decay: float | tuple[float, float] | None = None
+    # per_group only: "single" spends the first start_trials trials on a one-rate sweep (every
+    # searched group the same rate, spread log-uniformly over the range; lrsearch.space), so the
+    # per-group search starts from what a one-rate search would find.
+    start: Literal["sampler", "single"] = "sampler"
+    start_trials: int = 8
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,8 @@ class TrainSection:
     # time.
     # Pays on a GPU with a small model; trials that cannot stack fall back to one at a time.
     batch_trials: int = 1
-    prefix_cache: bool = False
+    # true, false, or "auto": per prefix, cached only where a timed trial shows it pays.
+    prefix_cache: bool | Literal["auto"] = False
     cache_mb: int = 512
     cache_dir: str | None = None
 
@@ -125,9 +134,22 @@ class PrunerSection:
 
 @dataclass(frozen=True)
 class SamplerSection:
-    kind: Literal["tpe", "random"] = "tpe"
+    kind: Literal["tpe", "gp", "random", "auto"] = "tpe"
     n_startup_trials: int = 10
     multivariate: bool = True
+    # TPE's group decomposition (a conditional parameter modelled only where it was sampled);
+    # None: the same as multivariate. Optuna needs multivariate for it.
+    group: bool | None = None
+
+
+@dataclass(frozen=True)
+class WinnerSection:
+    """Noise-aware winners (lrsearch.confirm): after the search, the ``top_k`` best trials are
+    retrained with ``reseeds`` more seeds each, counted in ``[study] n_trials``, and ranked by
+    their mean; 0 reseeds: the winner is the best single value."""
+
+    reseeds: int = 0
+    top_k: int = 3
 
 
 @dataclass(frozen=True)
@@ -141,6 +163,7 @@ class StudySpec:
     train: TrainSection
     pruner: PrunerSection
     sampler: SamplerSection
+    winner: WinnerSection = field(default_factory=WinnerSection)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict that :meth:`from_dict` reads back to an equal spec."""
@@ -293,6 +316,7 @@ class _Reader:
         train = self.train(tables["train"])
         pruner = self.pruner(tables["pruner"])
         sampler = self.sampler(tables["sampler"])
+        winner = self.winner(tables["winner"])
         if not groups.auto_depth and groups.patterns:
             # Every well-named group, also one whose patterns were bad, so that a reference to it is
             # not reported as a second, misleading problem.
@@ -305,9 +329,26 @@ class _Reader:
                 'two-objective trial; set [pruner] kind = "none", or remove cost (lrsearch best '
                 "--within / --max-cost still trade metric against wall time)",
             )
+        self.budget_problems(study, space, winner)
         if self.problems:
             raise SpecError(self.source, self.problems)
-        return StudySpec(study, task, groups, space, train, pruner, sampler)
+        return StudySpec(study, task, groups, space, train, pruner, sampler, winner)
+
+    def budget_problems(self, study: StudySection, space: SpaceSection, w: WinnerSection) -> None:
+        reserved = w.reseeds * w.top_k
+        if reserved and reserved >= study.n_trials:
+            self.problem(
+                "[winner] reseeds",
+                f"reseeds x top_k = {reserved} retrainings are counted in [study] n_trials "
+                f"({study.n_trials}), which leaves no trial to search; raise n_trials or lower "
+                "reseeds / top_k",
+            )
+        elif space.start == "single" and space.start_trials >= study.n_trials - reserved:
+            self.problem(
+                "[space] start_trials",
+                f"the one-rate sweep ({space.start_trials} trials) takes the whole search budget "
+                f"({study.n_trials - reserved} trials); lower start_trials or raise n_trials",
+            )
 
     def table(self, data: dict[str, Any], name: str) -> dict[str, Any]:
         value = data.get(name, {})
@@ -333,6 +374,7 @@ class _Reader:
         *,
         choices: tuple[str, ...] | None = None,
         minimum: float | None = None,
+        maximum: float | None = None,
         above: float | None = None,
         required: bool = False,
     ) -> Any:
@@ -358,6 +400,9 @@ class _Reader:
             return default
         if minimum is not None and value < minimum:
             self.problem(where, f"must be >= {minimum}, got {value!r}")
+            return default
+        if maximum is not None and value > maximum:
+            self.problem(where, f"must be <= {maximum}, got {value!r}")
             return default
         if above is not None and value <= above:
             self.problem(where, f"must be > {above}, got {value!r}")
@@ -405,16 +450,20 @@ class _Reader:
         s = "study"
         had_name = "name" in t
         name = self.take(s, t, "name", str, "", required=True)
-        if had_name and isinstance(name, str) and not name.strip():
-            self.problem("[study] name", "must not be empty")
+        name_problem = study_name_problem(name) if isinstance(name, str) else None
+        if had_name and name_problem:
+            self.problem("[study] name", name_problem)
         direction = self.take(s, t, "direction", str, None, choices=("maximize", "minimize"))
         n_trials = self.take(s, t, "n_trials", int, 20, minimum=1)
         timeout = self.take(s, t, "timeout", (int, float), None, above=0)
-        seed = self.take(s, t, "seed", int, None, minimum=0)
+        seed = self.take(s, t, "seed", int, None, minimum=0, maximum=SEED_RANGE - 1)
         d = StudySection("")
+        known_so_far = len(self.problems)
         interval = self.take(s, t, "heartbeat_interval", int, d.heartbeat_interval, minimum=1)
+        # A bad interval is reported once, not again as the grace period's bound.
+        interval_ok = len(self.problems) == known_so_far
         grace = self.take(s, t, "grace_period", int, d.grace_period, minimum=1)
-        if grace <= interval:
+        if interval_ok and grace <= interval:
             # Between two heartbeats a live trial would already count as lost.
             self.problem(
                 "[study] grace_period",
@@ -466,6 +515,13 @@ class _Reader:
                     "auto_depth makes every group itself; remove the named groups or auto_depth",
                 )
             return GroupsSection(auto_depth=depth)
+        if len(t) > MAX_GROUPS:  # checked alone: 10,000 groups would give 10,000 problems
+            self.problem(
+                "[groups]",
+                f"{len(t)} groups, at most {MAX_GROUPS}: each is a searched dimension; put layers "
+                'in one group with a pattern (blocks = ["blocks.*"])',
+            )
+            return GroupsSection()
         pairs: list[tuple[str, tuple[str, ...]]] = []
         for name, value in t.items():
             where = f"[groups] {name}"
@@ -493,7 +549,9 @@ class _Reader:
         # A key the chosen kind ignores would silently search something else than the file says.
         for key in _IGNORED_BY_KIND[kind]:
             if key in t:
-                other = "per_group" if key == "lr_ranges" else "layer_decay"
+                other = (
+                    "layer_decay" if key in ("decay", "head", "head_multiplier") else "per_group"
+                )
                 self.problem(
                     f"[space] {key}",
                     f"applies to kind = {other!r} only; remove it or set kind = {other!r}",
@@ -547,6 +605,8 @@ class _Reader:
                     "[space] weight_decay",
                     f"must be a number >= 0 (fixed) or a [low, high] pair (searched), got {raw!r}",
                 )
+        start = self.take(s, t, "start", str, d.start, choices=STARTS)
+        start_trials = self.take(s, t, "start_trials", int, d.start_trials, minimum=1)
         both = set(freeze) & set(fixed)
         for g in sorted(both):
             self.problem(f"[space] fixed.{g}", "is also in freeze; a group is fixed or searched")
@@ -564,9 +624,13 @@ class _Reader:
                 "head",
                 "head_multiplier",
                 "weight_decay",
+                "start",
+                "start_trials",
             ),
         )
-        return SpaceSection(kind, lr, ranges, freeze, freeze_mode, fixed, decay, head, mult, wd)
+        return SpaceSection(
+            kind, lr, ranges, freeze, freeze_mode, fixed, decay, head, mult, wd, start, start_trials
+        )
 
     def names(self, s: str, t: dict[str, Any], key: str) -> tuple[str, ...]:
         value = self.take(s, t, key, (list, str), [])
@@ -597,7 +661,12 @@ class _Reader:
         momentum = self.take(s, t, "momentum", float, d.momentum, minimum=0.0)
         freeze_bn = self.take(s, t, "freeze_batchnorm", bool, d.freeze_batchnorm)
         batch_trials = self.take(s, t, "batch_trials", int, d.batch_trials, minimum=1)
-        prefix_cache = self.take(s, t, "prefix_cache", bool, d.prefix_cache)
+        prefix_cache = self.take(s, t, "prefix_cache", (bool, str), d.prefix_cache)
+        if isinstance(prefix_cache, str) and prefix_cache != "auto":
+            self.problem(
+                "[train] prefix_cache", f'must be true, false or "auto"; got {prefix_cache!r}'
+            )
+            prefix_cache = d.prefix_cache
         cache_mb = self.take(s, t, "cache_mb", int, d.cache_mb, minimum=1)
         cache_dir = self.take(s, t, "cache_dir", str, None)
         if cache_dir is not None and not cache_dir.strip():
@@ -677,9 +746,26 @@ class _Reader:
                 s, t, "n_startup_trials", int, d.n_startup_trials, minimum=0
             ),
             multivariate=self.take(s, t, "multivariate", bool, d.multivariate),
+            group=self.take(s, t, "group", bool, None),
         )
-        self.unknown(s, t, ("kind", "n_startup_trials", "multivariate"))
+        if p.group and not p.multivariate:
+            self.problem(
+                "[sampler] group",
+                "group decomposition is a mode of multivariate TPE; set multivariate = true or "
+                "group = false",
+            )
+        self.unknown(s, t, ("kind", "n_startup_trials", "multivariate", "group"))
         return p
+
+    def winner(self, t: dict[str, Any]) -> WinnerSection:
+        s = "winner"
+        d = WinnerSection()
+        w = WinnerSection(
+            reseeds=self.take(s, t, "reseeds", int, d.reseeds, minimum=0),
+            top_k=self.take(s, t, "top_k", int, d.top_k, minimum=1),
+        )
+        self.unknown(s, t, ("reseeds", "top_k"))
+        return w
 
 
 def _kind_name(kinds: tuple[type, ...]) -> str:

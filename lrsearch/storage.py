@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote, quote_plus
 
 import optuna
 import sqlalchemy
@@ -62,6 +61,8 @@ from lrsearch.errors import (
     StudyMismatchError,
     StudyNotFoundError,
 )
+from lrsearch.limits import study_name_problem
+from lrsearch.masking import has_stray_at, hide, mask_url, url_secrets
 from lrsearch.outage import (
     DEFAULT_RETRY_S,
     RETRY_ENV_VAR,
@@ -70,6 +71,7 @@ from lrsearch.outage import (
     retry_limit,
 )
 from lrsearch.spec import StudySpec
+from lrsearch.sqlite_file import check_sqlite_file
 
 ENV_VAR = "LRSEARCH_STORAGE"
 FILE_ENV_VAR = "LRSEARCH_STORAGE_FILE"  # a file holding the URL (a Docker / Kubernetes secret)
@@ -129,7 +131,6 @@ NETWORK_FILESYSTEMS = frozenset(
         "fuse.rclone",
     }
 )
-_QUERY_SECRET = re.compile(r"(?i)([?&;](?:password|passwd|pwd)=)[^&;]*")
 # Connection errors that waiting will not cure.
 _FATAL_DB_ERRORS = (
     "authentication failed",
@@ -208,26 +209,6 @@ def db_wait() -> float:
     return value
 
 
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, safe to print.
-
-    Works on the text, not on a parsed URL: a URL that does not parse, or whose password holds an
-    unencoded ``@`` or ``/``, must not leak it either. Everything between ``user:`` and the last
-    ``@`` is hidden (at worst a little too much), and so is a ``password=`` query parameter.
-
-    Example:
-        >>> mask_url("postgresql://me:s3cret@db:5432/lr")
-        'postgresql://me:***@db:5432/lr'
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    userinfo, at, host = rest.rpartition("@")
-    if at and ":" in userinfo:
-        rest = f"{userinfo.partition(':')[0]}:***@{host}"
-    return _QUERY_SECRET.sub(r"\1***", f"{scheme}{sep}{rest}")
-
-
 def _parse(url: str) -> URL:
     try:
         parsed = make_url(url)
@@ -236,6 +217,12 @@ def _parse(url: str) -> URL:
             f"invalid storage URL {mask_url(url)!r}; use sqlite:///path/to/file.db or "
             "postgresql://user@host:5432/dbname"
         ) from e
+    # Part of the password would become the host name, and be shown (an SQLite path has no host).
+    if not url.lower().startswith("sqlite") and has_stray_at(url):
+        raise StorageError(
+            f"storage URL {mask_url(url)!r}: its user name or password holds an unencoded '@'; "
+            "write it as %40"
+        )
     backend = parsed.get_backend_name()
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -272,6 +259,10 @@ def _prepare_sqlite(parsed: URL, shown: str, *, create: bool) -> None:
             f"${ENV_VAR}), or run a study there first"
         )
     _check_local_filesystem(path, shown)
+    if path.exists():
+        check_sqlite_file(path, shown, create=create)
+    if not create:
+        return  # a reader leaves the file as it is
     try:
         # WAL persists in the file; set it before Optuna's engine opens it.
         with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
@@ -387,7 +378,7 @@ def open_storage(
                 races += 1
                 time.sleep(0.05 * races)
                 continue
-            detail = _detail(e, parsed.password)
+            detail = _detail(e, url_secrets(raw, parsed_password=parsed.password))
             waited = time.monotonic() - start
             if is_transient(e) and waited < wait:
                 if delay == _BACKOFF_START_S:
@@ -414,13 +405,13 @@ def _sqlite_connect(dbapi_connection: Any, record: Any) -> None:
     dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
 
-def _detail(error: BaseException, password: str | None) -> str:
-    """The first line of the database's own message, password hidden."""
+def _detail(error: BaseException, secrets: Sequence[str]) -> str:
+    """The first line of the database's own message, ``secrets`` hidden."""
     cause: Any = error
     if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__ is not None:
         cause = error.__cause__
     lines = str(getattr(cause, "orig", None) or cause).strip().splitlines()
-    return _hide(lines[0] if lines else type(cause).__name__, password)
+    return hide(lines[0] if lines else type(cause).__name__, secrets)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -443,14 +434,6 @@ def is_transient(error: BaseException) -> bool:
         # Optuna wraps SQLAlchemy's errors in StorageInternalError (`from e`).
         err = err.__cause__
     return False
-
-
-def _hide(text: str, password: str | None) -> str:
-    if not password:
-        return text
-    for form in {password, quote_plus(password), quote(password, safe="")}:
-        text = text.replace(form, "***")
-    return text
 
 
 def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
@@ -523,7 +506,13 @@ def create_or_resume(
     Raises:
         StudyMismatchError: A study of that name exists with a different search (the differing keys
             are listed) or was not created by lrsearch.
+        StorageError: ``name`` cannot name a study (too long for Optuna's schema).
     """
+    problem = study_name_problem(name)
+    if problem:
+        raise StorageError(
+            f"study name {name[:40] + '...' if len(name) > 40 else name!r} {problem}"
+        )
     try:
         study = optuna.create_study(
             study_name=name,
@@ -630,6 +619,10 @@ class ResilientStorage(optuna.storages.BaseStorage):
         self.recoveries = 0  # calls that failed at first and then went through
         self.recovered_at = -math.inf  # time.monotonic() of the last of them
         self._inner = optuna.storages._CachedStorage(backend)
+        url = backend.engine.url
+        self._secrets = url_secrets(
+            url.render_as_string(hide_password=False), parsed_password=url.password
+        )
         self._conn: sqlalchemy.Connection | None = None
 
     def _on_connection(self, fn: Callable[..., T], *args: Any) -> T:
@@ -679,14 +672,14 @@ class ResilientStorage(optuna.storages.BaseStorage):
                     _log.warning(
                         "lrsearch: storage %r: %s; trying again for up to %.0f s",
                         self.shown,
-                        _detail(e, self.backend.engine.url.password),
+                        _detail(e, self._secrets),
                         self.retry_s,
                     )
                 if now - start >= self.retry_s or self.should_stop():
                     why = "stopped waiting" if now - start < self.retry_s else "kept failing"
                     raise StorageUnavailable(
                         f"storage {self.shown!r} {why} after {now - start:.0f} s: "
-                        f"{_detail(e, self.backend.engine.url.password)}; check the database "
+                        f"{_detail(e, self._secrets)}; check the database "
                         f"(--storage-retry / ${RETRY_ENV_VAR} sets the wait)"
                     ) from None
                 time.sleep(min(delay, start + self.retry_s - now))

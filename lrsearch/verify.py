@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 from lrsearch.errors import LrsearchError, TrialFailure
 from lrsearch.pick import metric, numbered, rank
 from lrsearch.storage import load_study, stored_spec, trial_info
+from lrsearch.trust import check_stored_entry
 
 if TYPE_CHECKING:
     from lrsearch.training import TrainResult
@@ -113,6 +114,7 @@ def verify_trial(
     device: str | None = None,
     on_run: RunCallback | None = None,
     train_fn: Callable[..., TrainResult] | None = None,
+    allow_tasks: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Retrain a trial's config (and the best single-rate trial) with ``seeds`` fresh seeds.
 
@@ -124,6 +126,8 @@ def verify_trial(
         device: ``auto`` (default), ``cpu``, ``cuda`` or ``cuda:N``.
         on_run: Called as ``on_run(role, trial, run)`` after each new run (progress).
         train_fn: The trainer (``train_trial``'s signature); replaceable in tests.
+        allow_tasks: Task entries allowed besides the built-in ones and ``$LRSEARCH_ALLOW_TASKS``
+            (see :mod:`lrsearch.trust`); checked before the task is first imported.
 
     Returns:
         Plain data: ``study``, ``direction``, ``seeds``, ``configs`` (per config: ``role``
@@ -136,38 +140,26 @@ def verify_trial(
             or is not complete.
         StudyNotFoundError: No such study.
         StorageError: The study was not created by lrsearch.
+        UntrustedTaskError: A run must be trained and the stored task entry is not allowed here.
     """
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise LrsearchError(f"seeds must be an integer >= 1, got {seeds!r}")
     study = load_study(storage, study_name)
-    spec = stored_spec(study)
+    stored_spec(study)  # a study lrsearch did not make is refused here, before any training
     trials = study.get_trials(deepcopy=False)
     maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     chosen = _pick(study, trials, trial, maximize)
     reference, reference_note = _reference(trials, chosen, maximize)
 
-    search_seed = spec.study.seed or 0
-    run_seeds = verify_seeds(seeds, {search_seed + t.number for t in trials})
-    prepared: Any = None  # built on the first run to train: stored runs need no task, no torch
+    run_seeds = verify_seeds(seeds, search_seeds(study, trials))
+    retrainer = Retrainer(storage, study, device=device, train_fn=train_fn, allow_tasks=allow_tasks)
     configs = []
     for role, frozen in (("winner", chosen), ("reference", reference)):
         if frozen is None:
             continue
         info = trial_info(frozen)
         attr = verify_attr(frozen.number)
-        known = {r["seed"]: r for r in _stored_runs(storage, study, attr)}
-        runs, new = [], 0
-        for seed in run_seeds:
-            if seed not in known:
-                if prepared is None:
-                    prepared = _prepare(spec, device, train_fn)
-                run = _train_one(prepared, info, seed, device)
-                known[seed] = run
-                new += 1
-                _store(storage, study, frozen, info, search_seed, run)
-                if on_run is not None:
-                    on_run(role, frozen.number, run)
-            runs.append(known[seed])
+        runs, new = retrainer.runs(frozen, run_seeds, role=role, on_run=on_run)
         configs.append(
             {
                 "role": role,
@@ -191,6 +183,76 @@ def verify_trial(
         "comparison": comparison,
         "verdict": _verdict(configs, comparison, reference_note, maximize),
     }
+
+
+def search_seeds(study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial]) -> set[int]:
+    """The seeds the search's trials trained with (``[study] seed`` + trial number)."""
+    base = stored_spec(study).study.seed or 0
+    return {base + t.number for t in trials}
+
+
+class Retrainer:
+    """Retrains trials of one study with given seeds, each run stored as soon as it ends.
+
+    Runs already stored for a seed are read back, not trained again. The task is built on the
+    first run that trains (stored runs need no task, no torch).
+    """
+
+    def __init__(
+        self,
+        storage: optuna.storages.BaseStorage,
+        study: optuna.Study,
+        *,
+        device: str | None = None,
+        train_fn: Callable[..., TrainResult] | None = None,
+        allow_tasks: Sequence[str] = (),
+    ) -> None:
+        self.storage = storage
+        self.study = study
+        self.spec = stored_spec(study)
+        self.allow_tasks = allow_tasks
+        self.device = device
+        self.train_fn = train_fn
+        self._prepared: Any = None
+
+    def runs(
+        self,
+        frozen: optuna.trial.FrozenTrial,
+        seeds: Sequence[int],
+        *,
+        role: str = "",
+        on_run: RunCallback | None = None,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The trial's run for each seed (in ``seeds``' order) and how many were trained now."""
+        info = trial_info(frozen)
+        search_seed = self.spec.study.seed or 0
+        known = {
+            r["seed"]: r for r in _stored_runs(self.storage, self.study, verify_attr(frozen.number))
+        }
+        runs, new = [], 0
+        for seed in seeds:
+            if seed not in known:
+                if self._prepared is None:
+                    # Checked before the task is first imported (lrsearch.trust).
+                    check_stored_entry(
+                        self.spec.task.entry, self.study.study_name, self.allow_tasks
+                    )
+                    self._prepared = _prepare(self.spec, self.device, self.train_fn)
+                run = _train_one(self._prepared, info, seed, self.device)
+                known[seed] = run
+                new += 1
+                _store(self.storage, self.study, frozen, info, search_seed, run)
+                if on_run is not None:
+                    on_run(role, frozen.number, run)
+            runs.append(known[seed])
+        return runs, new
+
+
+def stored_values(
+    storage: optuna.storages.BaseStorage, study: optuna.Study, trial: int
+) -> list[float | None]:
+    """The values of every run stored for ``trial`` (``None`` for one that failed or diverged)."""
+    return [r.get("value") for r in _stored_runs(storage, study, verify_attr(trial))]
 
 
 def _pick(

@@ -60,6 +60,13 @@ def _no_storage_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LRSEARCH_STORAGE", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _toy_tasks_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers and verify run a stored entry only if allowed (lrsearch.trust): the toy tasks are
+    the tests' own. tests/test_trust.py takes this away to see the refusals."""
+    monkeypatch.setenv("LRSEARCH_ALLOW_TASKS", "toy_tasks:*")
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """A fresh SQLite file of this test."""

@@ -337,3 +337,38 @@ def test_stacked_optimizer_matches_torch(optimizer: str) -> None:
     for k, copy in enumerate(copies):
         torch.testing.assert_close(stacked[k].detach(), copy.detach(), rtol=1e-5, atol=1e-6)
     assert torch.equal(stacked[1].detach(), copies[1].detach())  # frozen: untouched
+
+
+def test_stacked_optimizer_keeps_tensors_and_dtypes_apart() -> None:
+    """Two tensors with their own rates, one float64: each copy of each moves as torch moves it."""
+    g = torch.Generator().manual_seed(1)
+    rates = {"w": [1e-2, 0.0, 3e-3], "b": [0.0, 5e-3, 1e-3]}
+    shapes = {"w": (3, 4, 2), "b": (3, 6)}
+    dtypes = {"w": torch.float32, "b": torch.float64}
+    stacked = {n: torch.randn(shapes[n], generator=g, dtype=dtypes[n]) for n in rates}
+    copies = {n: [stacked[n][k].clone().requires_grad_() for k in range(3)] for n in rates}
+    torch_opts = [
+        torch.optim.AdamW(
+            [{"params": [copies[n][k]], "lr": rates[n][k]} for n in rates], weight_decay=0.1
+        )
+        for k in range(3)
+    ]
+    mine = StackedOptimizer(
+        "adamw",
+        {n: t.requires_grad_() for n, t in stacked.items()},
+        {n: torch.tensor(r) for n, r in rates.items()},
+        {n: torch.full((3,), 0.1) for n in rates},
+    )
+    for step in range(1, 6):
+        grads = {n: torch.randn(shapes[n], generator=g, dtype=dtypes[n]) for n in rates}
+        for n, t in stacked.items():
+            t.grad = grads[n].clone()
+        mine.step(stacked, step, 1.0, clip=0.5)
+        for k, opt in enumerate(torch_opts):
+            for n in rates:
+                copies[n][k].grad = grads[n][k].clone() if rates[n][k] else None
+            torch.nn.utils.clip_grad_norm_([copies[n][k] for n in rates if rates[n][k]], 0.5)
+            opt.step()
+    for n in rates:
+        for k in range(3):
+            torch.testing.assert_close(stacked[n][k].detach(), copies[n][k].detach())

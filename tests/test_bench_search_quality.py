@@ -225,3 +225,90 @@ def test_merge_refuses_a_task_twice_and_a_foreign_file(
     assert bench.main(["--merge", str(tmp_path / "none.json"), "--out", str(out)]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert not out.exists()
+
+
+# --- issue 15: more per_group strategies, equal wall time, realistic sizes ------------------------
+
+
+def test_full_size_is_realistic_and_the_cpu_modes_are_unchanged(bench: ModuleType) -> None:
+    args = bench.parse_args(["--size", "full", "--tasks", "minilm,mobilenet"])
+    assert bench.size_mode(args) == "gpu_full"
+    assert bench.SIZES["minilm"]["gpu_full"] == {
+        "kwargs": {"n_train": 8768, "n_val": 1000, "n_test": 1000, "seq_len": 128},
+        "trials": 60,
+    }
+    vision = bench.SIZES["mobilenet"]["gpu_full"]
+    assert vision["kwargs"]["n_train"] == 10000 and vision["kwargs"]["image_size"] == 64
+    assert vision["trials"] == 60
+    assert bench.size_mode(bench.parse_args([])) == "full"  # the CPU full mode, as before
+    assert bench.size_mode(bench.parse_args(["--quick"])) == "quick"
+    assert bench.SIZES["minilm"]["full"]["kwargs"]["seq_len"] == 64
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--quick", "--size", "full"], "--quick and --size full"),
+        (["--budget-seconds", "0"], "--budget-seconds must be > 0"),
+        (["--strategies", "gp,cmaes"], "unknown strategies ['cmaes']"),
+    ],
+)
+def test_bad_arguments_are_refused(
+    bench: ModuleType, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        bench.parse_args(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_each_extra_strategy_changes_one_option_of_per_group(bench: ModuleType) -> None:
+    specs = bench.load_specs("digits", mode="quick", trials=9, seed=0, extras=tuple(bench.EXTRAS))
+    base = specs["per_group"].to_dict()
+    changed = {
+        "per_group_gp": {("sampler", "kind"): "gp"},
+        "per_group_tpe_independent": {("sampler", "multivariate"): False},
+        "per_group_start": {("space", "start"): "single", ("space", "start_trials"): 3},
+        "per_group_gp_start": {
+            ("sampler", "kind"): "gp",
+            ("space", "start"): "single",
+            ("space", "start_trials"): 3,
+        },
+    }
+    for name, expected in changed.items():
+        d = specs[name].to_dict()
+        found = {
+            (section, key): d[section].get(key)
+            for section in d
+            for key in {*d[section], *base[section]}
+            if d[section].get(key) != base[section].get(key)
+        }
+        assert found == expected, name
+
+
+def test_budget_seconds_bounds_every_search_by_time(bench: ModuleType) -> None:
+    specs = bench.load_specs("digits", mode="quick", trials=9, seed=0, unbounded=True)
+    assert {s.study.n_trials for s in specs.values()} == {bench.UNBOUNDED}
+
+
+@pytest.mark.slow
+def test_extras_and_equal_wall_time_run_end_to_end(bench: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "time.json"
+    argv = ["--tasks", "digits", "--seeds", "2", "--threads", "1", "--trials", "3"]
+    argv += ["--strategies", "gp,start", "--budget-seconds", "1.5", "--out", str(out)]
+    assert bench.main(argv) == 0
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["config"]["budget_seconds"] == 1.5
+    task = data["tasks"]["digits"]
+    assert task["budget_seconds"] == 1.5 and task["n_trials"] is None
+    for name in ("per_group_gp", "per_group_start"):
+        search = task["strategies"][name]
+        assert search["budget_seconds"] == 1.5 and search["n_trials"] == len(search["trials"])
+        # Time, not the trial budget, stopped it (the search wall time also holds the task's build).
+        assert 0 < len(search["trials"]) < bench.UNBOUNDED and search["search_wall_s"] >= 1.5
+        assert task["results"][name]["runs"] and task["results"][name]["test"]["n"] == 2
+        assert set(data["extras"]["digits"][name]) == {"vs_single_lr", "vs_per_group"}
+    assert task["strategies"]["per_group_gp"]["sampler"] == "gp"
+    start = task["strategies"]["per_group_start"]
+    assert start["start"] == "single"
+    first = min(start["trials"], key=lambda t: t["number"])
+    assert len(set(first["lrs"].values())) == 1  # the one-rate sweep's first trial

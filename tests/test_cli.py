@@ -81,6 +81,15 @@ def test_run_prints_a_summary_with_the_best_trial(finished: Finished) -> None:
         assert rows[group] == ("frozen" if lr == 0 else f"{lr:.3g}")
 
 
+def test_run_says_how_much_of_its_time_went_outside_training(finished: Finished) -> None:
+    line = next(x for x in finished.result.stdout.splitlines() if x.startswith("time: "))
+    training = float(line.split()[1])
+    outside = float(line.split(", ")[1].split()[0])
+    total = float(finished.result.stdout.split(" trial(s) in ")[1].split()[0])
+    assert training > 0 and outside > 0
+    assert training + outside == pytest.approx(total, abs=0.15)  # each printed to 0.1 s
+
+
 def test_run_again_runs_nothing_and_says_why(finished: Finished, make_spec: SpecWriter) -> None:
     spec = make_spec(finished.name, study={"n_trials": 4})
     result = invoke("run", str(spec), "--storage", finished.url, "--device", "cpu")

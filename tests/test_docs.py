@@ -111,3 +111,14 @@ def test_quickstart_runs_exactly_as_the_readme_says(tmp_path: Path) -> None:
     # by far, and trains the head.
     assert record["value"] > 0.6
     assert record["lrs"]["head"] > 0
+
+
+def test_no_code_study_files_are_read_by_the_spec_reader() -> None:
+    from lrsearch.spec import StudySpec, tomllib  # tomli before Python 3.11
+
+    section = README.split("## No-code tasks", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```toml\n(.*?)```", section, flags=re.S)
+    assert blocks, "the 'No-code tasks' section shows a study file"
+    for block in blocks:
+        spec = StudySpec.from_dict(tomllib.loads(block), source="README")
+        assert spec.task.entry.startswith("lrsearch.tasks.")

@@ -81,6 +81,7 @@ def _env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env["PYTHONUNBUFFERED"] = "1"
     env["OMP_NUM_THREADS"] = "1"
+    env["LRSEARCH_ALLOW_TASKS"] = "toy_tasks:*"  # workers run only allowed entries
     env.update(extra)
     return env
 

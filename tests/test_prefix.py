@@ -164,6 +164,54 @@ def test_a_cached_trial_runs_no_prefix_after_the_first() -> None:
     assert "stem" not in second.grad_in and "body.0" not in second.grad_in
 
 
+def test_auto_times_both_ways_then_keeps_the_faster_and_never_changes_a_result(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    trainer = training.Trainer()
+    task = digits()
+    groups = groups_of(task)
+    auto, on = cfg(prefix_cache="auto"), cfg(prefix_cache=True)
+    with caplog.at_level(logging.INFO, logger="lrsearch"):
+        results = [
+            trainer.train_one(task, groups, rates(2), auto, device="cpu", seed=s) for s in range(5)
+        ]
+    # Warm-up uncached, timed cached, timed uncached, then the choice made from the two.
+    assert [r.prefix_cached for r in results[:3]] == [False, True, False]
+    key = trainer.cache.key(task, ("stem", "body.0"), "fp32", torch.device("cpu"))
+    choice = trainer.auto.decided(key)
+    assert choice is not None
+    assert [r.prefix_cached for r in results[3:]] == [choice, choice]
+    said = [r.getMessage() for r in caplog.records if "prefix cache (auto)" in r.getMessage()]
+    assert len(said) == 1 and ("on:" if choice else "off:") in said[0]
+    # The prefix ran in eval mode in every trial: the same values as the cache always on.
+    always = training.Trainer()
+    expected = [
+        always.train_one(task, groups, rates(2), on, device="cpu", seed=s).value for s in range(5)
+    ]
+    assert [r.value for r in results] == pytest.approx(expected, abs=1e-6)
+
+
+def test_auto_takes_the_faster_way_as_timed() -> None:
+    choice = prefix.AutoChoice()
+    key = ("task", "stem", "fp32", "cpu")
+    assert [choice.use(key)] == [False]  # the warm-up trial, not timed
+    assert choice.record(key, False, 9.0) is None
+    assert choice.use(key) is True
+    assert choice.record(key, True, 0.5) is None
+    assert choice.use(key) is False
+    assert choice.record(key, False, 0.25) == "off: 0.5000 s a step cached, 0.2500 s recomputed"
+    assert [choice.use(key) for _ in range(3)] == [False, False, False]
+    other = ("task", "stem|body.0", "fp32", "cpu")
+    choice.use(other)
+    assert choice.use(other) is True
+    # A cached trial pruned before it ends is not timed: the next one is cached again.
+    assert choice.use(other) is True
+    choice.record(other, True, 0.1)
+    assert choice.use(other) is False
+    assert choice.record(other, False, 0.3) == "on: 0.1000 s a step cached, 0.3000 s recomputed"
+    assert choice.use(other) is True
+
+
 # --- keys -------------------------------------------------------------------------------------
 
 
@@ -395,6 +443,7 @@ def test_train_keys_of_the_prefix_cache() -> None:
         64,
         "/tmp/c",
     )
+    assert _spec({"prefix_cache": "auto"}).train.prefix_cache == "auto"
     default = _spec({}).train
     assert (default.prefix_cache, default.cache_mb, default.cache_dir) == (False, 512, None)
     assert StudySpec.from_dict(spec.to_dict()) == spec
@@ -404,7 +453,8 @@ def test_train_keys_of_the_prefix_cache() -> None:
 @pytest.mark.parametrize(
     ("train", "message"),
     [
-        ({"prefix_cache": "yes"}, r"\[train\] prefix_cache: must be"),
+        ({"prefix_cache": "yes"}, r"\[train\] prefix_cache: must be true, false or \"auto\""),
+        ({"prefix_cache": 1}, r"\[train\] prefix_cache: must be"),
         ({"prefix_cache": True, "cache_mb": 0}, r"\[train\] cache_mb: must be >= 1"),
         ({"prefix_cache": True, "cache_mb": 1.5}, r"\[train\] cache_mb: must be"),
         ({"prefix_cache": True, "cache_dir": " "}, r"\[train\] cache_dir: must be a directory"),

@@ -391,3 +391,31 @@ def test_make_pruner(toy_spec: SpecBuilder, pruner: dict[str, str], cls: type) -
 )
 def test_make_sampler(toy_spec: SpecBuilder, sampler: dict[str, str], cls: type) -> None:
     assert isinstance(make_sampler(toy_spec("x", sampler=sampler)), cls)
+
+
+def test_training_seconds_count_the_trainer_less_its_reports(
+    storage_url: str, study_name: str, toy_spec: SpecBuilder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the summary calls training is the trainer's time less its reports' storage writes."""
+    slow = 0.05
+    original = optuna.Trial.report
+
+    def slow_report(self: optuna.Trial, value: float, step: int) -> None:
+        time.sleep(slow)  # as a slow database would
+        original(self, value, step)
+
+    monkeypatch.setattr(optuna.Trial, "report", slow_report)
+
+    def train_fn(*args: Any, report: Callable[[int, float], None], **kw: Any) -> TrainResult:
+        time.sleep(0.1)  # "training"
+        for step in range(2):
+            report(step, 0.5)
+        return TrainResult(0.5, 2, 2, 0.1, "cpu", "fp32")
+
+    summary = run_search(
+        toy_spec(study_name), storage=storage_url, n_trials=3, device="cpu", train_fn=train_fn
+    )
+    assert len(summary.outcomes) == 3
+    # 3 trials x 0.1 s of training; the 6 slow reports (0.3 s) count outside it.
+    assert 0.3 <= summary.training_seconds < 0.3 + 6 * slow
+    assert summary.seconds - summary.training_seconds >= 6 * slow

@@ -405,7 +405,12 @@ BAD: list[tuple[str, dict[str, str | None], str, str]] = [
         "must be one of hyperband, successive_halving, median, none",
     ),
     ("reduction", {"pruner": "reduction_factor = 1"}, "[pruner] reduction_factor", ">= 2"),
-    ("sampler", {"sampler": 'kind = "cmaes"'}, "[sampler] kind", "must be one of tpe, random"),
+    (
+        "sampler",
+        {"sampler": 'kind = "cmaes"'},
+        "[sampler] kind",
+        "must be one of tpe, gp, random, auto",
+    ),
     ("space-kind", {"space": 'kind = "grid"'}, "[space] kind", "must be one of per_group"),
     ("warmup-one", {"train": "warmup_ratio = 1.0"}, "[train] warmup_ratio", "must be < 1"),
     ("warmup-neg", {"train": "warmup_ratio = -0.1"}, "[train] warmup_ratio", "must be >= 0.0"),
@@ -494,6 +499,36 @@ BAD: list[tuple[str, dict[str, str | None], str, str]] = [
     ("empty-patterns", {"groups": "body = []"}, "[groups] body", "a non-empty list of parameter"),
     ("empty-pattern", {"groups": 'body = [""]'}, "[groups] body", "a non-empty list of parameter"),
     ("pattern-not-str", {"groups": "body = [1]"}, "[groups] body", "a non-empty list of parameter"),
+    ("start-unknown", {"space": 'start = "grid"'}, "[space] start", "one of sampler, single"),
+    (
+        "start-in-single",
+        {"space": 'kind = "single"\nstart = "single"'},
+        "[space] start",
+        "applies to kind = 'per_group' only",
+    ),
+    (
+        "start-takes-the-budget",
+        {"study": 'name = "t"\nn_trials = 8', "space": 'start = "single"\nstart_trials = 8'},
+        "[space] start_trials",
+        "takes the whole search budget (8 trials)",
+    ),
+    (
+        "start-and-reseeds-take-the-budget",
+        {
+            "study": 'name = "t"\nn_trials = 10',
+            "space": 'start = "single"\nstart_trials = 4',
+            "winner": "reseeds = 2\ntop_k = 3",
+        },
+        "[space] start_trials",
+        "takes the whole search budget (4 trials)",
+    ),
+    (
+        "reseeds-take-the-budget",
+        {"study": 'name = "t"\nn_trials = 6', "winner": "reseeds = 2\ntop_k = 3"},
+        "[winner] reseeds",
+        "reseeds x top_k = 6 retrainings are counted in [study] n_trials (6)",
+    ),
+    ("top-k-zero", {"winner": "top_k = 0"}, "[winner] top_k", "must be >= 1"),
 ]
 
 UNKNOWN_KEY = [

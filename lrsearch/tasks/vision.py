@@ -147,17 +147,12 @@ _IDX_MAGIC = {1: 0x0801, 3: 0x0803}  # unsigned bytes, 1 or 3 dimensions
 _NAME = "fashion_mnist_mobilenet"
 
 
-class ImageClassificationTask(TensorClassificationTask):
+class ImageTensorTask(TensorClassificationTask):
     """A ``TensorClassificationTask`` whose training epochs never end in a batch of one image.
 
-    Train-mode BatchNorm cannot normalise a single value per channel (the 1x1 maps of the last
-    stages at 32 px); dropping that image costs at most one image per epoch.
-
-    With ``stage_paths`` (``MOBILENET_STAGES`` for ``fashion_mnist_mobilenet``) it has the
-    ``StagedTask`` capability: the stages are ``features.0`` .. ``features.18`` and, last, the
-    classifier, which MobileNetV2 feeds with the average-pooled features. So ``rest`` is the
-    remaining feature stages, the pooling and the classifier, and a prefix that ends right before
-    the classifier returns the pooled features (a 1280-vector per image, whatever the image size).
+    Train-mode BatchNorm cannot normalise a single value per channel (1x1 maps at the top of a
+    network); dropping that image costs at most one image per epoch. Its stages, when given, are
+    a plain chain (``TensorClassificationTask``).
     """
 
     def train_indices(self, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -168,6 +163,17 @@ class ImageClassificationTask(TensorClassificationTask):
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         for idx in self.train_indices(batch_size, generator):
             yield self.x_train[idx], self.y_train[idx]
+
+
+class ImageClassificationTask(ImageTensorTask):
+    """An ``ImageTensorTask`` over MobileNetV2, whose pooling sits between its last two stages.
+
+    With ``stage_paths`` (``MOBILENET_STAGES`` for ``fashion_mnist_mobilenet``) it has the
+    ``StagedTask`` capability: the stages are ``features.0`` .. ``features.18`` and, last, the
+    classifier, which MobileNetV2 feeds with the average-pooled features. So ``rest`` is the
+    remaining feature stages, the pooling and the classifier, and a prefix that ends right before
+    the classifier returns the pooled features (a 1280-vector per image, whatever the image size).
+    """
 
     def run_prefix(self, model: nn.Module, batch: Batch, upto: int) -> Batch:
         x, y = super().run_prefix(model, batch, upto)

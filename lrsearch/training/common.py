@@ -118,6 +118,33 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def attention(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The scaled-dot-product attention kernels a trial may use on ``device``.
+
+    On CUDA, every kernel but cuDNN's: measured on an H200 (``benchmarks/profile_trial.py``),
+    cuDNN attention cost ~0.8 ms of host time a call for MiniLM's batches, whose widths vary from
+    step to step, more than the rest of the step's launches together; the flash and
+    memory-efficient kernels launch in microseconds. Elsewhere, torch's own choice.
+    """
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3 has no cuDNN attention to avoid
+        return contextlib.nullcontext()
+    return sdpa_kernel(
+        [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    )
+
+
+def kernels(precision: str, device: torch.device) -> contextlib.ExitStack:
+    """Autocast of ``precision`` and the attention kernels of :func:`attention`, together."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(autocast(precision, device))
+    stack.enter_context(attention(device))
+    return stack
+
+
 def schedule_factor(kind: str, warmup_ratio: float, total_steps: int) -> Callable[[int], float]:
     """The multiplier of each group's own rate at a step (a ``LambdaLR`` lambda).
 

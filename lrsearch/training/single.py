@@ -22,7 +22,8 @@ Semantics worth knowing:
   would.
 - **Precision.** ``auto`` is bf16 autocast on a GPU that supports it, else fp16 autocast with a
   ``GradScaler`` (gradients unscaled before clipping); fp32 on the CPU. On CUDA, AdamW and Adam
-  run fused (one kernel for every parameter).
+  run fused (one kernel for every parameter), and attention never runs through cuDNN's kernel,
+  whose host cost per call was most of a MiniLM step's (``common.attention``).
 - **Divergence.** A NaN/inf loss or metric ends the trial with ``TrialFailure(diverged=True)``.
   On the CPU the loss is checked at every step; on a GPU the check stays on the device and is
   read at evaluation points and every ``SYNC_EVERY`` steps, so no step waits for the GPU.
@@ -47,10 +48,10 @@ from lrsearch.training.common import (
     Divergence,
     Plan,
     Report,
-    autocast,
     check_metric,
     epochs,
     frozen_batchnorms,
+    kernels,
     resolve_precision,
     schedule_factor,
 )
@@ -114,6 +115,7 @@ class Trial:
         self.prefix_eval = False
         self.rest: nn.Module = self.model
         self.features: _prefix.Features | None = None
+        self.auto_key: tuple[str, ...] | None = None  # timed for prefix_cache = "auto"
         if self.staged is not None and self.optimizer is not None:
             self.prefix = _prefix.frozen_prefix(self.staged, self.model)
         if self.staged is not None and self.prefix:
@@ -135,7 +137,8 @@ class Trial:
         self.sync_now = device.type != "cuda"  # a CPU step waits for nothing anyway
 
     def autocast(self) -> Any:
-        return autocast(self.precision, self.device)
+        # With the attention kernels chosen for the device (see common.attention).
+        return kernels(self.precision, self.device)
 
     def cached_features(
         self, trainer: Trainer, task: _prefix.StagedTask
@@ -150,6 +153,10 @@ class Trial:
         # In every trial with the option on, cached or not: a result never depends on a hit.
         self.prefix_eval = True
         self.train_mode()
+        if self.cfg.prefix_cache == "auto":
+            self.auto_key = trainer.cache.key(task, self.prefix, self.precision, self.device)
+            if not trainer.auto.use(self.auto_key):
+                return None  # the prefix runs in eval mode each step, as when cached
         limit = self.cfg.cache_mb * 2**20
         return trainer.cache.lookup(
             task,

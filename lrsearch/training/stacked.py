@@ -71,7 +71,7 @@ from lrsearch.training.common import (
 )
 from lrsearch.training.evaluate import ratios
 from lrsearch.training.single import SYNC_EVERY
-from lrsearch.training.stacked_optim import StackedOptimizer, per_copy
+from lrsearch.training.stacked_optim import StackedOptimizer
 
 if TYPE_CHECKING:
     from lrsearch.training.trainer import Trainer
@@ -169,15 +169,21 @@ def can_batch(
     cfg = cfg or TrainSection()
     if not samples:
         return "no trials given"
-    dev = as_device(device)
-    if resolve_precision(cfg.precision, dev) == "fp16":
+    problem = _precision_problem(cfg, as_device(device))
+    if problem is not None:
+        return problem
+    with torch.random.fork_rng(devices=[]):
+        model = task.build_model()
+    return _batchnorm_problem(model, groups, samples, cfg.freeze_batchnorm)
+
+
+def _precision_problem(cfg: TrainSection, device: torch.device) -> str | None:
+    if resolve_precision(cfg.precision, device) == "fp16":
         return (
             "fp16 needs a gradient scaler per trial, which batched trials do not have; use "
             "[train] precision = 'bf16' or 'fp32'"
         )
-    with torch.random.fork_rng(devices=[]):
-        model = task.build_model()
-    return _batchnorm_problem(model, groups, samples, cfg.freeze_batchnorm)
+    return None
 
 
 def train_many(
@@ -202,8 +208,9 @@ def train_many(
     # A trial with every group frozen only evaluates the model as built: nothing to stack.
     stacked = [i for i, s in enumerate(samples) if any(lr > 0 for lr in s.lrs.values())]
     if stacked:
-        # Refused (below, or at the first step) before any trial, stacked or not, trains.
-        problem = can_batch(task, groups, [samples[i] for i in stacked], cfg=cfg, device=dev)
+        # Refused (here, while the models are built, or at the first step) before any trial,
+        # stacked or not, trains.
+        problem = _precision_problem(cfg, dev)
         if problem:
             raise BatchingUnsupported(problem)
         run = _Batch(
@@ -282,6 +289,10 @@ class _Batch:
             )
             self.rng_states.append(torch.get_rng_state())
             models.append(model)
+            if len(models) == 1:  # what can_batch checks, on this model rather than one more
+                problem = _batchnorm_problem(model, groups, samples, cfg.freeze_batchnorm)
+                if problem:
+                    raise BatchingUnsupported(problem)
         self.plan = Plan.of(cfg, per_epoch)
         self.factor = schedule_factor(cfg.schedule, cfg.warmup_ratio, self.plan.total_steps)
 
@@ -360,20 +371,10 @@ class _Batch:
         out: torch.Tensor = self.vmapped(self.loss_fn, batch, dims, randomness="different")
         return out
 
-    def clip(self) -> None:
-        """Clip each copy's gradient norm over the groups it trains, as ``clip_grad_norm_``."""
-        assert self.cfg.grad_clip
-        grads = {n: self.stacked[n].grad for n in self.optimizer.lrs}
-        squares = sum(g.float().pow(2).flatten(1).sum(1) for g in grads.values() if g is not None)
-        norm = torch.as_tensor(squares).sqrt()
-        coef = (self.cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0)
-        for g in grads.values():
-            if g is not None:
-                g.mul_(per_copy(coef, g))
-
     def update(self, step: int) -> None:
         # LambdaLR semantics: the first step trains with factor(0).
-        self.optimizer.step(self.stacked, step, self.factor(step - 1))
+        # Each copy's gradient clipped over the groups it trains, as the trainer clips one trial.
+        self.optimizer.step(self.stacked, step, self.factor(step - 1), clip=self.cfg.grad_clip)
         for p in self.stacked.values():
             p.grad = None
 
@@ -540,8 +541,4 @@ class _Batch:
             raise BatchingUnsupported(
                 f"torch.func.vmap cannot run this model or loss: {first}"
             ) from e
-        # The trainer clips over the groups a trial trains: a frozen copy's gradient counts nowhere.
-        self.optimizer.zero_frozen(self.stacked)
-        if self.cfg.grad_clip:
-            self.clip()
         self.update(step)

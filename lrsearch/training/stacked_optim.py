@@ -3,6 +3,13 @@
 The optimizer of batched trials (``lrsearch.training.stacked``): what ``torch.optim`` computes, for
 ``[K, ...]`` tensors whose copy k belongs to trial k. A copy frozen in its trial (rate 0) gets no
 update at all, weight decay included.
+
+A step is a few multi-tensor (``torch._foreach_*``) kernels, not a dozen kernels per tensor: the
+moments are updated over every stacked tensor at once, and the rate-dependent updates over every
+tensor a copy trains, one call per copy with that copy's rates as Python floats (so no rate waits
+for the device, and each copy's arithmetic is torch's own, rate for rate). On an H200 the
+per-tensor version launched ~1,000 kernels a batched MiniLM step (``benchmarks/profile_trial.py``)
+while the GPU idled. No memory beyond the moments and one step's temporaries.
 """
 
 from __future__ import annotations
@@ -12,9 +19,9 @@ import math
 import torch
 
 
-def per_copy(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A ``[K]`` vector shaped to broadcast over a stacked tensor ``[K, ...]``, in its dtype."""
-    return values.to(like.device, like.dtype).view(-1, *([1] * (like.dim() - 1)))
+def _grad(param: torch.Tensor) -> torch.Tensor:
+    """``param``'s gradient (zeros when backward gave it none)."""
+    return param.grad if param.grad is not None else torch.zeros_like(param)
 
 
 class StackedOptimizer:
@@ -37,69 +44,103 @@ class StackedOptimizer:
         momentum: float = 0.0,
     ) -> None:
         self.kind, self.betas, self.eps, self.momentum = kind, betas, eps, momentum
-        # On the tensors' device, in float64 (torch's rates are Python floats): no copy per step.
-        self.lrs = {n: lr.to(params[n].device, torch.float64) for n, lr in lrs.items()}
-        self.decay = {
-            n: decay[n].to(lr.device, torch.float64) * (lr > 0) for n, lr in self.lrs.items()
-        }
-        # What the step's branches need, known on the host: no wait for the GPU in a step.
-        self._host_lrs = {n: lr.to(torch.float64) for n, lr in lrs.items()}
-        self._host_decay = {n: decay[n].to(torch.float64) for n in lrs}
-        self._flags()
+        self.names = list(lrs)
+        # Known on the host, as Python floats: a step never waits for the device to read a rate.
+        self.lrs = {n: lrs[n].to(torch.float64).cpu() for n in self.names}
+        self.decay = {n: decay[n].to(torch.float64).cpu() for n in self.names}
         moments = 2 if kind != "sgd" else 1 if momentum else 0
-        self.state = {n: [torch.zeros_like(params[n]) for _ in range(moments)] for n in lrs}
+        self.state = [[torch.zeros_like(params[n]) for n in self.names] for _ in range(moments)]
+        self._copies()
 
-    def _flags(self) -> None:
-        self.all_train = {n: bool(lr.all()) for n, lr in self._host_lrs.items()}
-        self.any_decay = {
-            n: bool((self._host_decay[n] * (lr > 0)).any()) for n, lr in self._host_lrs.items()
-        }
+    def _copies(self) -> None:
+        """Per copy: the positions of the tensors it trains, their rates and weight decays."""
+        k = len(self.lrs[self.names[0]]) if self.names else 0
+        self.trained = [
+            [i for i, n in enumerate(self.names) if self.lrs[n][c] > 0] for c in range(k)
+        ]
+        self.rates = [
+            [float(self.lrs[self.names[i]][c]) for i in t] for c, t in enumerate(self.trained)
+        ]
+        self.decays = [
+            [float(self.decay[self.names[i]][c]) for i in t] for c, t in enumerate(self.trained)
+        ]
 
     @torch.no_grad()
-    def zero_frozen(self, params: dict[str, torch.Tensor]) -> None:
-        """Zero the gradient of each copy where its group is frozen (before clipping norms)."""
-        for name, base_lr in self.lrs.items():
-            grad = params[name].grad
-            if grad is not None and not self.all_train[name]:
-                grad.copy_(torch.where(per_copy(base_lr > 0, grad).bool(), grad, 0))
+    def step(
+        self,
+        params: dict[str, torch.Tensor],
+        step: int,
+        factor: float = 1.0,
+        *,
+        clip: float | None = None,
+    ) -> None:
+        """Update ``params`` in place from their ``.grad``; ``step`` counts from 1.
 
-    @torch.no_grad()
-    def step(self, params: dict[str, torch.Tensor], step: int, factor: float = 1.0) -> None:
-        """Update ``params`` in place from their ``.grad``; ``step`` counts from 1."""
+        ``clip`` clips each copy's gradient norm over the tensors it trains (a frozen copy's
+        gradient counts nowhere), as ``clip_grad_norm_`` over one trial's parameters.
+        """
+        if not self.names:
+            return
+        p_all = [params[n].detach() for n in self.names]
+        g_all = [_grad(params[n]) for n in self.names]
+        # Per copy, views of the tensors it trains: [copy][position in self.trained[copy]].
+        p_views = [t.unbind(0) for t in p_all]
+        g_views = [t.unbind(0) for t in g_all]
+        ps = [[p_views[i][c] for i in t] for c, t in enumerate(self.trained)]
+        gs = [[g_views[i][c] for i in t] for c, t in enumerate(self.trained)]
+        if clip:
+            for grads in gs:
+                if grads:
+                    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+                    torch._foreach_mul_(grads, (clip / (norm + 1e-6)).clamp(max=1.0))
+        if self.kind != "adamw":
+            # L2 in the gradient, as Adam and SGD do (per copy: its own decay, where it trains).
+            for c, grads in enumerate(gs):
+                if any(self.decays[c]):
+                    torch._foreach_add_(grads, torch._foreach_mul(ps[c], self.decays[c]))
+        if self.kind == "sgd":
+            if self.momentum:
+                (bufs,) = self.state
+                # From zeros: buf = g at first, as in torch. A frozen copy's buffer is never read.
+                torch._foreach_mul_(bufs, self.momentum)
+                torch._foreach_add_(bufs, g_all)
+                b_views = [t.unbind(0) for t in bufs]
+                gs = [[b_views[i][c] for i in t] for c, t in enumerate(self.trained)]
+            for c, grads in enumerate(gs):
+                if grads:
+                    rates = [-lr * factor for lr in self.rates[c]]
+                    torch._foreach_add_(ps[c], torch._foreach_mul(grads, rates))
+            return
         beta1, beta2 = self.betas
-        for name, base_lr in self.lrs.items():
-            p = params[name]
-            lr64, decay = base_lr * factor, self.decay[name]
-            g = p.grad if p.grad is not None else torch.zeros_like(p)
-            if not self.all_train[name]:
-                # Zeroed where the group is frozen: a NaN there must not leak in through 0 * NaN.
-                g = torch.where(per_copy(base_lr > 0, p).bool(), g, 0)
-            if self.kind != "adamw" and self.any_decay[name]:
-                g = g.add(p * per_copy(decay, p))  # L2 in the gradient, as Adam and SGD do
-            if self.kind == "sgd":
-                if self.momentum:
-                    (buf,) = self.state[name]
-                    buf.mul_(self.momentum).add_(g)  # from zeros: buf = g at first, as in torch
-                    g = buf
-                p.sub_(per_copy(lr64, p) * g)
+        exp_avgs, exp_avg_sqs = self.state
+        # The moments of every copy at once; a frozen copy's moments are never read.
+        torch._foreach_lerp_(exp_avgs, g_all, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, g_all, g_all, value=1 - beta2)
+        denoms = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denoms, math.sqrt(1 - beta2**step))
+        torch._foreach_add_(denoms, self.eps)
+        m_views = [t.unbind(0) for t in exp_avgs]
+        d_views = [t.unbind(0) for t in denoms]
+        for c, t in enumerate(self.trained):
+            if not t:
                 continue
-            exp_avg, exp_avg_sq = self.state[name]
-            if self.kind == "adamw":
-                p.mul_(per_copy(1 - lr64 * decay, p))
-            exp_avg.lerp_(g, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            step_size = per_copy(lr64 / (1 - beta1**step), p)
-            # torch's (exp_avg / (sqrt(v) / sqrt(bc2) + eps)) * step_size, in one buffer.
-            update = exp_avg_sq.sqrt().div_(math.sqrt(1 - beta2**step)).add_(self.eps)
-            p.sub_(update.reciprocal_().mul_(exp_avg).mul_(step_size))
+            lrs = [lr * factor for lr in self.rates[c]]
+            if self.kind == "adamw" and any(self.decays[c]):
+                torch._foreach_mul_(
+                    ps[c], [1 - lr * wd for lr, wd in zip(lrs, self.decays[c], strict=True)]
+                )
+            torch._foreach_addcdiv_(
+                ps[c],
+                [m_views[i][c] for i in t],
+                [d_views[i][c] for i in t],
+                [-lr / (1 - beta1**step) for lr in lrs],
+            )
 
     def keep(self, index: torch.Tensor) -> None:
         """Keep only the copies at ``index`` (a ``long`` tensor)."""
-        for name in self.lrs:
-            on = index.to(self.lrs[name].device)
-            self.lrs[name] = self.lrs[name][on]
-            self.decay[name] = self.decay[name][on]
-            self._host_lrs[name] = self._host_lrs[name][index.cpu()]
-            self._host_decay[name] = self._host_decay[name][index.cpu()]
-            self.state[name] = [s[index.to(s.device)] for s in self.state[name]]
-        self._flags()
+        cpu = index.cpu()
+        self.lrs = {n: lr[cpu] for n, lr in self.lrs.items()}
+        self.decay = {n: d[cpu] for n, d in self.decay.items()}
+        self.state = [[s[index.to(s.device)] for s in moment] for moment in self.state]
+        self._copies()

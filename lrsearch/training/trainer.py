@@ -9,6 +9,7 @@ prefix cache, the count of batches per epoch of each task, and the notes already
 from __future__ import annotations
 
 import gc
+import logging
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -22,8 +23,10 @@ from lrsearch.spec import TrainSection
 from lrsearch.tasks import Task
 from lrsearch.training import stacked as _stacked
 from lrsearch.training.common import EpochLengths, Report, TrainResult, as_device, oom_text
-from lrsearch.training.prefix import CacheInfo, FeatureCache
+from lrsearch.training.prefix import AutoChoice, CacheInfo, FeatureCache
 from lrsearch.training.single import Trial
+
+_log = logging.getLogger("lrsearch")
 
 
 class TrainerLike(Protocol):
@@ -59,6 +62,7 @@ class Trainer:
 
     def __init__(self) -> None:
         self.cache = FeatureCache()
+        self.auto = AutoChoice()  # prefix_cache = "auto": per prefix, cached or not as measured
         self.epoch_lengths = EpochLengths()
         self.told: set[str] = set()  # why the prefix cache did not apply, logged once each
 
@@ -105,7 +109,20 @@ class Trainer:
         oom = ""
         try:
             trial = Trial(self, task, groups, sample, cfg, dev, seed)
+            ran = time.perf_counter()
             value, steps, evaluations = trial.run(report)
+            if trial.auto_key is not None:
+                said = self.auto.record(
+                    trial.auto_key,
+                    trial.features is not None,
+                    (time.perf_counter() - ran) / max(steps, 1),
+                )
+                if said:
+                    _log.info(
+                        "prefix cache (auto) for the frozen prefix (%s): %s",
+                        ", ".join(trial.prefix),
+                        said,
+                    )
             return TrainResult(
                 value,
                 steps,

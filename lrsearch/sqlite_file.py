@@ -1,0 +1,96 @@
+"""What an SQLite file holds, looked at read-only before Optuna opens it.
+
+Optuna creates its tables in whatever file it is given, and lrsearch switches the file to WAL: a
+``studies`` or ``trials`` pointed at the wrong file (a 0-byte file, another program's database)
+would change it. So the file is read first, through a read-only connection, and a file that is not
+an Optuna database is refused: by readers always, by writers when it holds other tables.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from lrsearch.errors import StorageError
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+# Tables every Optuna RDB storage has (lrsearch's studies are Optuna studies), and all of them: a
+# writer stopped while Optuna created its tables leaves some of them, which is no foreign file.
+OPTUNA_TABLES = frozenset({"studies", "version_info"})
+OPTUNA_ALL_TABLES = OPTUNA_TABLES | {
+    "alembic_version",
+    "study_directions",
+    "study_system_attributes",
+    "study_user_attributes",
+    "trial_heartbeats",
+    "trial_intermediate_values",
+    "trial_params",
+    "trial_system_attributes",
+    "trial_user_attributes",
+    "trial_values",
+    "trials",
+}
+
+
+def tables_of(path: Path) -> set[str] | None:
+    """The tables in SQLite file ``path``; ``None`` when it is not an SQLite database.
+
+    An empty file is an empty database (``set()``). Read-only: the file is not changed.
+    """
+    with path.open("rb") as f:
+        header = f.read(len(SQLITE_HEADER))
+    if not header:
+        return set()
+    if header != SQLITE_HEADER:
+        return None
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return None
+    # sqlite_sequence, sqlite_stat1: SQLite's own, in any database.
+    return {name for (name,) in rows if not name.startswith("sqlite_")}
+
+
+def check_sqlite_file(path: Path, shown: str, *, create: bool) -> None:
+    """Refuse an existing file that is not an Optuna database before anything writes to it.
+
+    Args:
+        path: The SQLite file (a missing file is the caller's concern).
+        shown: The storage URL, masked, for messages.
+        create: Whether the caller may create Optuna's tables (``run``, ``create``, ``worker``):
+            it may use an empty file, but never one holding another program's tables. Readers
+            (``False``) accept only an Optuna database.
+
+    Raises:
+        StorageError: The file is not an SQLite database, is empty (readers), or holds tables
+            that are not Optuna's.
+    """
+    try:
+        tables = tables_of(path)
+    except OSError as e:
+        raise StorageError(
+            f"storage {shown!r} is not a usable SQLite database: {e.strerror}; check --storage"
+        ) from None
+    if tables is None:
+        raise StorageError(
+            f"storage {shown!r} is not a usable SQLite database (not an SQLite file); "
+            "check --storage"
+        )
+    if tables >= OPTUNA_TABLES:
+        return
+    if create and tables <= OPTUNA_ALL_TABLES:
+        return
+    if not tables:
+        raise StorageError(
+            f"storage {shown!r}: {str(path)!r} is an empty database, with no studies; check "
+            "--storage, or run a study there first"
+        )
+    listed = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+    raise StorageError(
+        f"storage {shown!r}: {str(path)!r} is another program's database (tables: {listed}), "
+        "not an lrsearch/Optuna one; left untouched: give lrsearch a file of its own"
+    )
