@@ -431,8 +431,10 @@ def test_workers_killed_at_each_point_lose_no_configuration(
     codes = [p.wait(timeout=STARTUP_S) for p in procs]
     out = "\n".join((tmp_path / f"{point}.log").read_text() for point in points)
     assert codes == [-signal.SIGKILL] * 3, out
-    running = [t for t in _trials(storage_url, study_name) if t.state == TrialState.RUNNING]
-    assert len(running) == 3 and sum(1 for t in running if not t.params) == 1
+    trials = _trials(storage_url, study_name)
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    states = [(t.number, t.state.name, t.user_attrs) for t in trials]
+    assert len(running) == 3 and sum(1 for t in running if not t.params) == 1, (states, out)
 
     start = time.monotonic()
     summary = run_worker(
