@@ -83,7 +83,9 @@ def _lrsearch() -> list[str]:
 
 def _env(url: str | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LRSEARCH_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH")) if p)
+    # The lrsearch under test first (a worktree's, not the editable install's), then the toy tasks.
+    paths = (str(Path(search.__file__).resolve().parents[1]), str(TESTS_DIR), env.get("PYTHONPATH"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env["PYTHONUNBUFFERED"] = "1"
     if url is not None:
         env["LRSEARCH_STORAGE"] = url
