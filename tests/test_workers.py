@@ -87,6 +87,7 @@ def _env(url: str | None = None, **extra: str) -> dict[str, str]:
     paths = (str(Path(search.__file__).resolve().parents[1]), str(TESTS_DIR), env.get("PYTHONPATH"))
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env["PYTHONUNBUFFERED"] = "1"
+    env["LRSEARCH_ALLOW_TASKS"] = "toy_tasks:*"  # stripped above; workers run only allowed entries
     if url is not None:
         env["LRSEARCH_STORAGE"] = url
     env.update(extra)
