@@ -673,3 +673,35 @@ def test_a_full_disk_stops_with_one_line_and_loses_nothing(
     time.sleep(FAST["grace_period"] + 1.2)  # a trial left RUNNING goes stale
     run_search(spec, storage=url, device="cpu", train_fn=Script([complete] * budget))
     _assert_intact(_trials(url, study_name), budget=budget, before=before)
+
+
+def test_after_an_outage_the_other_workers_get_a_grace_period(
+    monkeypatch: pytest.MonkeyPatch, sqlite_url: str, study_name: str, toy_spec: Any
+) -> None:
+    """Every heartbeat is old when the database comes back: a worker that just got it back waits
+    a grace period before it takes another worker's trial for lost (then it does)."""
+    from lrsearch import search
+
+    create_study(toy_spec(study_name, study={"n_trials": 1, **FAST}), storage=sqlite_url)
+    storage = open_storage(sqlite_url)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    other = study.ask()  # another worker's trial, sampled, its heartbeat as old as the outage
+    search.prepare(search.stored_spec(study), device="cpu").space.sample(other)
+    storage.record_heartbeat(other._trial_id)
+    storage.engine.dispose()
+    time.sleep(FAST["grace_period"] + 1.2)  # SQLite's clock has whole seconds
+    connect = search._connect
+
+    def just_recovered(url: str, retry_s: float | None = None) -> Any:
+        store = connect(url, retry_s)
+        store.recovered_at = time.monotonic()
+        return store
+
+    monkeypatch.setattr(search, "_connect", just_recovered)
+    start = time.monotonic()
+    run_worker(sqlite_url, study_name, device="cpu", train_fn=Script([complete]))
+    trials = _trials(sqlite_url, study_name)
+    swept_after = trials[other.number].datetime_complete - trials[other.number].datetime_start
+    assert time.monotonic() - start >= FAST["grace_period"]  # it waited before sweeping
+    assert trials[other.number].user_attrs[REASON_ATTR] == LOST_REASON and swept_after
+    _assert_intact(trials, budget=1)
