@@ -13,7 +13,8 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -31,6 +32,12 @@ EXIT_INTERRUPTED = 130
 class _Cli(click.Group):
     """Turns library errors into one-line messages and exit codes."""
 
+    as_program = False  # run as the program (arguments from sys.argv), not called in-process
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        self.as_program = not args and kwargs.get("args") is None
+        return super().main(*args, **kwargs)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -39,6 +46,13 @@ class _Cli(click.Group):
                 raise
             click.echo(f"lrsearch: error: {one_line(str(e))}", err=True)
             ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            # Ctrl-C before a search took over its signals, or after it gave them back (a third
+            # Ctrl-C in a row): one line, not click's "Aborted!"; no trial is in flight there.
+            if ctx.params.get("debug"):
+                raise
+            click.echo("lrsearch: interrupted; the study is intact", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
 
 
 def one_line(message: str) -> str:
@@ -85,6 +99,57 @@ def threads_option(f: F) -> F:
         help="Torch CPU threads (default: torch's own if $OMP_NUM_THREADS is set, else one per "
         "physical core this process may use). On a machine shared with other jobs, fewer.",
     )(f)
+
+
+def storage_retry_option(f: F) -> F:
+    """``--storage-retry SECONDS``: how long a command that trains waits out a lost database."""
+    return click.option(
+        "--storage-retry",
+        type=click.FloatRange(min=0),
+        default=None,
+        metavar="SECONDS",
+        help="Keep retrying a database that stopped answering for this long, with backoff "
+        "(default: $LRSEARCH_STORAGE_RETRY, else 600); past it the trial is queued again and "
+        "the command stops with an error.",
+    )(f)
+
+
+class _Interrupts:
+    """SIGINT and SIGTERM in a command that trains, outside the search (which handles them itself
+    while it runs): KeyboardInterrupt before it, nothing once it has returned (the command is
+    ending anyway: a Ctrl-C pressed again must not land in the summary, or in a garbage
+    collector's callback or the interpreter's shutdown, as a traceback)."""
+
+    def __init__(self) -> None:
+        self.ended = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if not self.ended:
+            raise KeyboardInterrupt
+
+
+@contextmanager
+def _interrupts() -> Iterator[_Interrupts]:
+    """Installs :class:`_Interrupts`; an in-process caller (not the program itself) gets its own
+    handlers back afterwards, the program ignores the signals while it exits."""
+    handler = _Interrupts()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    try:
+        previous = {s: signal.signal(s, handler) for s in signals}
+    except ValueError:  # not the main thread (an embedding app): its own handling stands
+        yield handler
+        return
+    try:
+        yield handler
+    finally:
+        root = click.get_current_context().find_root().command
+        for s, old in previous.items():
+            if getattr(root, "as_program", False):
+                # The program is ending. Ignored, not handled: Python's shutdown puts the default
+                # action back in place of a Python handler, and a late Ctrl-C would kill it.
+                signal.signal(s, signal.SIG_IGN)
+            else:
+                signal.signal(s, signal.SIG_DFL if old is None else old)
 
 
 def allow_task_option(f: F) -> F:
@@ -152,6 +217,7 @@ def main(debug: bool) -> None:
 )
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
 @threads_option
+@storage_retry_option
 def run(
     spec_file: Path,
     storage: str | None,
@@ -160,6 +226,7 @@ def run(
     timeout: float | None,
     device: str | None,
     threads: int | None,
+    storage_retry: float | None,
 ) -> None:
     """Run (or resume) the study in SPEC until its budget of trials is met."""
     from lrsearch.search import run_search
@@ -170,32 +237,24 @@ def run(
     set_threads(threads)
     bar = _ProgressBar()
     try:
-        previous: Any = signal.signal(signal.SIGTERM, _raise_interrupt)
-        installed = True
-    except ValueError:  # not the main thread (an embedding app): its own SIGTERM handling stands
-        previous, installed = None, False
-    try:
-        summary = run_search(
-            spec,
-            storage=storage,
-            study_name=study,
-            n_trials=n_trials,
-            timeout=timeout,
-            device=device,
-            on_trial=bar.update,
-        )
+        with _interrupts() as interrupts:
+            summary = run_search(
+                spec,
+                storage=storage,
+                study_name=study,
+                n_trials=n_trials,
+                timeout=timeout,
+                device=device,
+                on_trial=bar.update,
+                storage_retry=storage_retry,
+            )
+            interrupts.ended = True
     finally:
         bar.close()
-        if installed:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     click.echo(_summary_text(summary))
     if summary.interrupted:
         click.echo("lrsearch: interrupted; the study is intact, run again to resume", err=True)
         sys.exit(EXIT_INTERRUPTED)
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 class _ProgressBar:
@@ -410,6 +469,7 @@ def create(spec_file: Path, storage: str | None, study: str | None) -> None:
 @click.option("--device", default=None, help="auto (default), cpu, cuda or cuda:N.")
 @threads_option
 @allow_task_option
+@storage_retry_option
 def worker(
     storage: str | None,
     study: str,
@@ -417,20 +477,28 @@ def worker(
     device: str | None,
     threads: int | None,
     allow_tasks: tuple[str, ...],
+    storage_retry: float | None,
 ) -> None:
     """Join a study and run its trials until its budget is met (SIGTERM: stop cleanly, exit 0)."""
     from lrsearch.search import run_worker
     from lrsearch.threads import set_threads
 
     set_threads(threads)
-    summary = run_worker(
-        storage,
-        study,
-        n_trials=n_trials,
-        device=device,
-        on_trial=_trial_line,
-        allow_tasks=allow_tasks,
-    )
+    try:
+        with _interrupts() as interrupts:
+            summary = run_worker(
+                storage,
+                study,
+                n_trials=n_trials,
+                device=device,
+                on_trial=_trial_line,
+                allow_tasks=allow_tasks,
+                storage_retry=storage_retry,
+            )
+            interrupts.ended = True
+    except KeyboardInterrupt:  # before its first trial: nothing to queue again
+        click.echo("lrsearch: worker stopped before its first trial", err=True)
+        return
     click.echo(_summary_text(summary))
     stopped = [o.number for o in summary.outcomes if o.outcome == "interrupted"]
     if stopped:

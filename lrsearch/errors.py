@@ -89,3 +89,11 @@ class TrialFailure(Exception):
         super().__init__(reason)
         self.reason = reason
         self.diverged = diverged
+
+
+class StorageUnavailable(StorageError):
+    """The database stayed unreachable for the whole retry limit (or a stop was asked meanwhile).
+
+    The trial in flight is not failed for it: it is stored as interrupted and queued again if the
+    database answers in time, else left RUNNING for a sweep to queue it again.
+    """

@@ -11,9 +11,10 @@ diverged      PRUNED          NaN/inf loss; NaN is reported at that step so TPE 
                               among trials that got as far (a FAIL would be ignored by TPE, and
                               it would sample the same cliff again)
 failed        FAIL            out of memory, or the task raised; the reason is stored
-interrupted   FAIL            Ctrl-C / SIGTERM; the study stays intact and can be resumed, and
-                              the trial does not count against the budget. A worker queues its
-                              parameters again (``run`` does not: its user chose to stop)
+interrupted   FAIL            Ctrl-C / SIGTERM, or the database unreachable for the whole retry
+                              limit; the study stays intact and can be resumed, the trial does
+                              not count against the budget, and its parameters are queued again
+                              (the next ``run`` or any worker re-runs them first)
 lost          FAIL            (seen by the worker only) another worker found no heartbeat of
                               the trial for ``grace_period`` seconds and failed it; this worker
                               drops it and goes on (a trial's ``tell`` never crashes a worker)
@@ -42,8 +43,13 @@ than ``[study] grace_period`` seconds is failed with reason ``"worker lost"`` an
 queued again once (``lrsearch.retry_of`` names the trial a re-run replaces; a re-run that loses its
 worker too stays failed). A RUNNING trial that never had a heartbeat (its worker died in the few
 milliseconds between creating it and the first heartbeat) is swept :data:`ORPHAN_AFTER_S` seconds
-after it started. SIGTERM and SIGINT interrupt the trial in training at once; anywhere else (a
-storage write, a sweep) the worker stops at its next step, so a write is never cut in half.
+after it started. A lost trial that was never sampled (its worker died between ``ask`` and its
+rates) has no configuration to lose: it is stored interrupted, and does not count. SIGTERM and
+SIGINT interrupt the trial in training at once; anywhere else (a storage write, a sweep, a wait
+for the database) the worker stops at its next step, so a write is never cut in half, and more
+signals change nothing (:class:`_StopSignals`). A SIGTERM is delivered again once the search has
+cleaned up, when the program had left SIGTERM to its default (it ends the program, as it would
+have without lrsearch).
 
 **Batches.** With ``[train] batch_trials = K`` above 1 a worker asks up to K trials at once (one at
 a time while the budget rule lets it start another), keeps them all alive with heartbeats and trains
@@ -79,7 +85,7 @@ except ImportError:  # pragma: no cover
     _tell_with_warning = None  # type: ignore[assignment]
 
 from lrsearch.confirm import confirm_study, search_budget
-from lrsearch.errors import LrsearchError, TaskError, TrialFailure
+from lrsearch.errors import LrsearchError, StorageUnavailable, TaskError, TrialFailure
 from lrsearch.groups import LayerGroups, resolve_groups
 from lrsearch.limits import SEED_RANGE
 from lrsearch.pick import metric, rank
@@ -144,6 +150,8 @@ POLL_S = 1.0
 # A RUNNING trial that never had a heartbeat is failed this long after it started: long enough for
 # clocks of different machines to disagree (its start time is the worker's clock).
 ORPHAN_AFTER_S = 600.0
+# The reason of a lost trial that was never sampled (not counted: no configuration was lost).
+_UNSAMPLED = "worker lost before the trial was sampled"
 # A configuration whose worker died is re-run this many times; after that its trial stays failed
 # (a configuration that kills its worker, e.g. by exhausting memory, must not kill them all).
 MAX_LOSSES = 1
@@ -304,9 +312,10 @@ def prepare(
     return Prepared(spec, task, groups, space, direction, sizes)
 
 
-def _connect(url: str) -> ResilientStorage:
-    """The storage for a search: waits for a database still starting, retries lost connections."""
-    return ResilientStorage(open_storage(url, wait=db_wait()), shown=mask_url(url))
+def _connect(url: str, retry_s: float | None = None) -> ResilientStorage:
+    """The storage for a search: waits for a database still starting, retries lost connections
+    (for ``retry_s`` seconds, default :func:`lrsearch.outage.retry_limit`)."""
+    return ResilientStorage(open_storage(url, wait=db_wait()), shown=mask_url(url), retry_s=retry_s)
 
 
 def _open_study(
@@ -381,6 +390,7 @@ def run_search(
     train_fn: TrainFn | None = None,
     trainer: TrainerLike | None = None,
     task: Task | None = None,
+    storage_retry: float | None = None,
 ) -> SearchSummary:
     """Run (or resume) a study until it has ``n_trials`` finished trials or ``timeout`` passes.
 
@@ -398,9 +408,12 @@ def run_search(
         trainer: Trains the trials (default: ``lrsearch.training.DEFAULT``, whose prefix cache
             the process's searches share).
         task: The task object, in place of importing ``[task] entry`` (see :func:`prepare`).
+        storage_retry: Seconds a storage call is retried while the database is unreachable
+            (default ``$LRSEARCH_STORAGE_RETRY``, else 600).
 
     Returns:
-        What this run did; ``interrupted`` is set when Ctrl-C or SIGTERM stopped it.
+        What this run did; ``interrupted`` is set when Ctrl-C or SIGTERM stopped it (a SIGTERM is
+        delivered again after cleanup where SIGTERM had its default action: it ends the program).
 
     Raises:
         LrsearchError: Bad input (nothing is written), or the task failed in a way that is a bug in
@@ -410,7 +423,7 @@ def run_search(
     budget = search_budget(spec, n_trials if n_trials is not None else spec.study.n_trials)
     name = study_name or spec.study.name
     url = resolve_url(storage)
-    store = _connect(url)
+    store = _connect(url, storage_retry)
     study, resumed = _open_study(store, name, prepared)
     if resumed:
         study.sampler = make_sampler(
@@ -425,7 +438,6 @@ def run_search(
         limit=timeout if timeout is not None else spec.study.timeout,
         trainer=_trainer(trainer, train_fn),
         on_trial=on_trial,
-        requeue_interrupted=False,
     )
     summary = _search(loop, _summary(loop, name, url, resumed=resumed))
     if (
@@ -451,6 +463,7 @@ def run_worker(
     train_fn: TrainFn | None = None,
     trainer: TrainerLike | None = None,
     allow_tasks: Sequence[str] = (),
+    storage_retry: float | None = None,
 ) -> SearchSummary:
     """Join an existing study and run its trials until its budget is met, with its stored spec.
 
@@ -472,6 +485,8 @@ def run_worker(
             the process's searches share).
         allow_tasks: Task entries this worker may run besides the built-in ones and
             ``$LRSEARCH_ALLOW_TASKS`` (see :mod:`lrsearch.trust`).
+        storage_retry: Seconds a storage call is retried while the database is unreachable
+            (default ``$LRSEARCH_STORAGE_RETRY``, else 600).
 
     Returns:
         What this worker did; ``interrupted`` is set when a signal stopped it.
@@ -482,7 +497,7 @@ def run_worker(
         LrsearchError: The stored spec or the task does not load here, or a bug in the task.
     """
     url = resolve_url(storage)
-    store = _connect(url)
+    store = _connect(url, storage_retry)
     study = load_study(store, study_name)
     spec = stored_spec(study)
     check_stored_entry(spec.task.entry, study_name, allow_tasks)
@@ -500,7 +515,6 @@ def run_worker(
         limit=spec.study.timeout,
         trainer=_trainer(trainer, train_fn),
         on_trial=on_trial,
-        requeue_interrupted=True,
     )
     return _search(loop, _summary(loop, study_name, url, resumed=True))
 
@@ -524,7 +538,6 @@ class _Loop:
     limit: float | None
     trainer: TrainerLike
     on_trial: OnTrial | None
-    requeue_interrupted: bool
     # Why a batch first fell back to one trial at a time (then logged as a warning), if one did.
     fell_back: list[str] = field(default_factory=list)
     timing: _Timing = field(default_factory=_Timing)
@@ -570,52 +583,67 @@ def _search(loop: _Loop, summary: SearchSummary) -> SearchSummary:
     current: list[optuna.Trial] = []  # the trial in flight, for an interrupt that lands outside it
     start = time.perf_counter()
     look = _Looker(loop)
-    try:
-        with (
-            stop.installed(),
-            _Heartbeat(loop.store, loop.prepared.spec.study.heartbeat_interval) as beat,
-        ):
-            count = look(sweep=True)  # also of the trials of workers that died before this one
-            summary.already_finished = count.counted
-            _update_best(summary, study)  # once here, then from this run's own results
-            while not stop.requested and not (
-                loop.limit is not None and time.perf_counter() - start >= loop.limit
+    loop.store.should_stop = lambda: stop.requested  # a signal ends a wait for the database
+    # Installed until the very end: a signal that comes late is only noted, never raised in the
+    # search's last writes (nor in a garbage collector's callback, as a printed traceback).
+    with stop.installed():
+        try:
+            with (
+                _cleaned_up(loop, summary, current),
+                _Heartbeat(loop.store, loop.prepared.spec.study.heartbeat_interval) as beat,
             ):
-                if not count.start_another(loop.budget):
-                    if count.counted >= loop.budget:
+                count = look(sweep=True)  # also of the trials of workers that died before this one
+                summary.already_finished = count.counted
+                _update_best(summary, study)  # once here, then from this run's own results
+                while not stop.requested and not (
+                    loop.limit is not None and time.perf_counter() - start >= loop.limit
+                ):
+                    if not count.start_another(loop.budget):
+                        if count.counted >= loop.budget:
+                            break
+                        # The trials other workers are running would meet the budget: wait for them
+                        # (and re-run one of them if its worker is lost).
+                        stop.wait(POLL_S)
+                        count = look()
+                        continue
+                    if loop.prepared.spec.train.batch_trials > 1:
+                        outcomes = _run_batch(loop, stop, beat, current, count)
+                        # all of them recorded
+                        stops = [_record(loop, summary, o) for o in outcomes]
+                        if any(stops):
+                            break
+                        count = look()
+                        continue
+                    try:
+                        outcome = _run_one(loop, stop, beat, current)
+                    finally:
+                        beat.track(None)
+                    if _record(loop, summary, outcome):
                         break
-                    # The trials other workers are running would meet the budget: wait for them
-                    # (and re-run one of them if its worker is lost).
-                    stop.wait(POLL_S)
                     count = look()
-                    continue
-                if loop.prepared.spec.train.batch_trials > 1:
-                    outcomes = _run_batch(loop, stop, beat, current, count)
-                    stops = [_record(loop, summary, o) for o in outcomes]  # all of them recorded
-                    if any(stops):
-                        break
-                    count = look()
-                    continue
-                try:
-                    outcome = _run_one(loop, stop, beat, current)
-                finally:
-                    beat.track(None)
-                if _record(loop, summary, outcome):
-                    break
-                count = look()
-            summary.interrupted = stop.requested or summary.count("interrupted") > 0
-            look(sweep=True)  # before leaving: a trial lost meanwhile is failed, queued for others
+                summary.interrupted = stop.requested or summary.count("interrupted") > 0
+                if not stop.requested:  # a stop asked is not delayed by a sweep
+                    # before leaving: a trial lost meanwhile is failed, queued again
+                    look(sweep=True)
+        finally:
+            summary.seconds = time.perf_counter() - start
+            summary.training_seconds = loop.timing.trainer - loop.timing.reports
+            loop.store.release()
+        _update_best(summary, study)  # other workers may have found better meanwhile
+    return summary
+
+
+@contextmanager
+def _cleaned_up(loop: _Loop, summary: SearchSummary, current: list[optuna.Trial]) -> Iterator[None]:
+    """A KeyboardInterrupt that lands outside training (from ``on_trial``, or with no handler
+    installed: not the main thread) leaves no trial of ours RUNNING. Inside the installed handler,
+    so that more signals meanwhile are only noted."""
+    try:
+        yield
     except KeyboardInterrupt:
-        # A second signal, or one from `on_trial`: no trial of ours stays RUNNING.
         summary.interrupted = True
         for trial in current:
-            _fail_if_running(study, trial, requeue=loop.requeue_interrupted)
-    finally:
-        summary.seconds = time.perf_counter() - start
-        summary.training_seconds = loop.timing.trainer - loop.timing.reports
-        loop.store.release()
-    _update_best(summary, study)  # other workers may have found better meanwhile
-    return summary
+            _fail_if_running(loop.study, trial)
 
 
 def _record(loop: _Loop, summary: SearchSummary, outcome: TrialOutcome) -> bool:
@@ -650,6 +678,11 @@ class _Looker:
                 return count
         self.next_sweep = time.monotonic() + self.interval
         look = loop.store.look(study_id, grace=loop.grace, orphan_after=ORPHAN_AFTER_S)
+        # Just after an outage every heartbeat is old: the other workers get a grace period to
+        # beat again before their trials are taken for lost (and re-run for nothing).
+        settled = time.monotonic() - loop.store.recovered_at > loop.grace
+        if look.lost and not settled:  # taken for alive meanwhile
+            return replace(look.count, running=look.count.running + len(look.lost))
         if look.lost and _sweep(loop.study, loop.store, look.lost, loop.grace):
             look = loop.store.look(study_id, grace=loop.grace, orphan_after=ORPHAN_AFTER_S)
         return look.count
@@ -660,28 +693,51 @@ def _sweep(study: optuna.Study, store: ResilientStorage, lost: Sequence[int], gr
     swept = 0
     for trial_id in lost:
         trial = store.get_trial(trial_id)
+        # A trial whose worker died before sampling it has no configuration to re-run, and must
+        # not use the budget (the budget rule skips interrupted trials).
+        sampled = bool(_params(study, trial))
         try:
             # Attributes first: a finished trial takes no more writes.
-            store.set_trial_user_attr(trial_id, OUTCOME_ATTR, "failed")
-            store.set_trial_user_attr(trial_id, REASON_ATTR, LOST_REASON)
+            outcome, reason = ("failed", LOST_REASON) if sampled else ("interrupted", _UNSAMPLED)
+            store.set_trial_user_attr(trial_id, OUTCOME_ATTR, outcome)
+            store.set_trial_user_attr(trial_id, REASON_ATTR, reason)
             store.set_trial_state_values(trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:
             continue  # its worker finished it after all, or another worker swept it first
         swept += 1
+        if not sampled:
+            _log.warning(
+                "lrsearch: trial %d lost its worker before it was sampled: not counted, nothing "
+                "to re-run",
+                trial.number,
+            )
+            continue
         queued = _queue_again(study, trial, lost=True)
         _log.warning(
             "lrsearch: trial %d lost its worker (no heartbeat for %d s): failed, %s",
             trial.number,
             grace,
-            "its parameters queued again" if queued else "not queued again (lost before)",
+            "its parameters queued again"
+            if queued
+            else f"not queued again (its worker was lost {MAX_LOSSES + 1} times)",
         )
     return swept
+
+
+def _params(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> dict[str, Any]:
+    """The trial's configuration: its sampled parameters, or, for a queued trial not sampled yet
+    (its worker died or was stopped first), the parameters it was queued with."""
+    if trial.params:
+        return dict(trial.params)
+    if not isinstance(trial, FrozenTrial):
+        trial = study._storage.get_trial(trial._trial_id)
+    return dict(trial.system_attrs.get("fixed_params") or {})
 
 
 def _queue_again(study: optuna.Study, trial: FrozenTrial | optuna.Trial, *, lost: bool) -> bool:
     """Queue ``trial``'s parameters as a new trial that replaces it; whether it was queued."""
     losses = int(trial.user_attrs.get(LOSSES_ATTR, 0)) + int(lost)
-    params = dict(trial.params)
+    params = _params(study, trial)
     if not params or losses > MAX_LOSSES:
         return False
     # enqueue_trial, not Optuna's RetryHeartbeatStaleTrialCallback: that copies the system
@@ -690,7 +746,7 @@ def _queue_again(study: optuna.Study, trial: FrozenTrial | optuna.Trial, *, lost
     return True
 
 
-def _fail_if_running(study: optuna.Study, trial: optuna.Trial, *, requeue: bool) -> None:
+def _fail_if_running(study: optuna.Study, trial: optuna.Trial) -> None:
     if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
         try:
             study._storage.set_trial_user_attr(trial._trial_id, OUTCOME_ATTR, "interrupted")
@@ -698,8 +754,7 @@ def _fail_if_running(study: optuna.Study, trial: optuna.Trial, *, requeue: bool)
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         except UpdateFinishedTrialError:
             return
-        if requeue:
-            _queue_again(study, trial, lost=False)
+        _queue_again(study, trial, lost=False)
 
 
 def _update_best(summary: SearchSummary, study: optuna.Study) -> None:
@@ -753,8 +808,14 @@ def _tell(
 
 class _StopSignals:
     """SIGTERM and SIGINT during a search: the trial in training is interrupted at once; anywhere
-    else (a storage write, a sweep, asking for a trial) the loop stops at its next step, so no
-    write is cut in half and no trial is left RUNNING. A second signal interrupts at once.
+    else (a storage write, a sweep, asking for a trial, a wait for the database) the loop stops at
+    its next step, so no write is cut in half and no trial is left RUNNING. More signals change
+    nothing: a KeyboardInterrupt raised outside training (as a second Ctrl-C once did) can land
+    between a trial's creation and its first heartbeat, or in the cleanup, and leave it RUNNING.
+
+    On leaving, the previous handlers come back, and a SIGTERM received is sent again where the
+    previous SIGTERM handler was the default one: a program that runs a search in-process ends on
+    SIGTERM as it would have without it (a ``timeout`` around a test suite must stop it).
 
     Installed from the main thread only (elsewhere signals cannot be handled); without it,
     KeyboardInterrupt is handled where it lands, as best as can be.
@@ -762,6 +823,7 @@ class _StopSignals:
 
     def __init__(self) -> None:
         self.requested = False
+        self.received: set[int] = set()
         self._training = False
         self._woken = threading.Event()
 
@@ -779,14 +841,20 @@ class _StopSignals:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+            if signal.SIGTERM in self.received and previous[signal.SIGTERM] in (
+                signal.SIG_DFL,
+                None,
+            ):
+                signal.raise_signal(signal.SIGTERM)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        again = self.requested
         self.requested = True
+        self.received.add(signum)
         self._woken.set()
         # The interrupt may land where Python swallows it (a weakref callback, a __del__): then
         # the trial's next report raises it again (`writing`).
-        if self._training or again:
+        if self._training:
+            self._training = False  # once: a signal more must not interrupt the interrupt
             raise KeyboardInterrupt
 
     @contextmanager
@@ -1027,6 +1095,11 @@ def _settle(
         return _finish(loop, trial, sample, start, kind, reason=result.reason, step=step), None
     if isinstance(result, KeyboardInterrupt):
         return _finish(loop, trial, sample, start, "interrupted", reason="interrupted"), None
+    if isinstance(result, StorageUnavailable):
+        # Not the configuration's fault: stored interrupted and queued again, once the database
+        # answers (within the limit again); else it stays RUNNING and a sweep queues it again.
+        reason = "interrupted: the database was unreachable"
+        return _finish(loop, trial, sample, start, "interrupted", reason=reason), result
     if isinstance(result, LrsearchError):
         return _finish(loop, trial, sample, start, "failed", reason=str(result)), result
     if not isinstance(result, Exception):  # SystemExit and the like are never caught
@@ -1220,7 +1293,7 @@ def _finish(
         told = None
     if told != state:  # another worker's sweep failed it first
         return _lost(trial, sample, start, loop.grace)
-    if outcome == "interrupted" and loop.requeue_interrupted:
+    if outcome == "interrupted":
         _queue_again(loop.study, trial, lost=False)
     return TrialOutcome(
         number=trial.number,

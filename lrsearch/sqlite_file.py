@@ -13,7 +13,6 @@ from pathlib import Path
 
 from lrsearch.errors import StorageError
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 # Tables every Optuna RDB storage has (lrsearch's studies are Optuna studies), and all of them: a
 # writer stopped while Optuna created its tables leaves some of them, which is no foreign file.
 OPTUNA_TABLES = frozenset({"studies", "version_info"})
@@ -37,12 +36,12 @@ def tables_of(path: Path) -> set[str] | None:
 
     An empty file is an empty database (``set()``). Read-only: the file is not changed.
     """
-    with path.open("rb") as f:
-        header = f.read(len(SQLITE_HEADER))
-    if not header:
+    # Never through a file descriptor of our own: closing one drops every POSIX lock this process
+    # holds on the file, those of its open SQLite connections too, and another process may then
+    # checkpoint and delete the WAL under them (committed trials of a killed worker were lost).
+    # SQLite's own connections share one descriptor per file and close it last.
+    if path.stat().st_size == 0:
         return set()
-    if header != SQLITE_HEADER:
-        return None
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:

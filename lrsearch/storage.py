@@ -18,7 +18,8 @@ read from a file or the environment stays off command lines, where any user can 
 Workers survive a database that comes and goes: :func:`open_storage` can wait for a server that is
 not up yet (``wait``; ``$LRSEARCH_DB_WAIT`` for the commands), and :class:`ResilientStorage` retries
 a call that failed on a lost connection or a locked SQLite file, with backoff, for up to
-:data:`STORAGE_RETRY_S` seconds.
+``--storage-retry`` seconds (:mod:`lrsearch.outage`; default :data:`STORAGE_RETRY_S`). Processes
+creating the tables of a fresh database at once try again instead of failing.
 
 A study keeps its spec in its user attributes (``lrsearch.spec``): running the same study name with
 a different search is refused, and readers never need the original file. Passwords are masked in
@@ -32,6 +33,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import re
 import sqlite3
@@ -52,9 +54,22 @@ from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import URL, make_url
 
-from lrsearch.errors import SpecError, StorageError, StudyMismatchError, StudyNotFoundError
+from lrsearch.errors import (
+    SpecError,
+    StorageError,
+    StorageUnavailable,
+    StudyMismatchError,
+    StudyNotFoundError,
+)
 from lrsearch.limits import study_name_problem
 from lrsearch.masking import has_stray_at, hide, mask_url, url_secrets
+from lrsearch.outage import (
+    DEFAULT_RETRY_S,
+    RETRY_ENV_VAR,
+    SCHEMA_RACE_TRIES,
+    is_schema_race,
+    retry_limit,
+)
 from lrsearch.spec import StudySpec
 from lrsearch.sqlite_file import check_sqlite_file
 
@@ -83,8 +98,9 @@ SQLITE_BUSY_TIMEOUT_S = 60
 SPEC_WAIT_S = 5.0
 DEFAULT_DB_WAIT_S = 60.0
 # How long a storage call is retried on a lost connection / locked file before the worker gives up
-# (its trial is then found stale and re-run by another worker).
-STORAGE_RETRY_S = 60.0
+# (its trial is then stored interrupted and queued again, or found stale and re-run): the default
+# of `--storage-retry` / $LRSEARCH_STORAGE_RETRY (lrsearch.outage).
+STORAGE_RETRY_S = DEFAULT_RETRY_S
 _BACKOFF_START_S = 0.25
 _BACKOFF_MAX_S = 5.0
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -338,6 +354,7 @@ def open_storage(
     rendered = parsed.render_as_string(hide_password=False).replace("{", "{{").replace("}", "}}")
     start = time.monotonic()
     delay = _BACKOFF_START_S
+    races = 0
     while True:
         try:
             storage = optuna.storages.RDBStorage(rendered, engine_kwargs=_engine_kwargs(parsed))
@@ -355,6 +372,12 @@ def open_storage(
             KeyError,
             IndexError,
         ) as e:
+            if races < SCHEMA_RACE_TRIES and is_schema_race(e):
+                # Another process is creating the same tables on a fresh database: once it
+                # commits, they are there. Not a wait for the user to hear about.
+                races += 1
+                time.sleep(0.05 * races)
+                continue
             detail = _detail(e, url_secrets(raw, parsed_password=parsed.password))
             waited = time.monotonic() - start
             if is_transient(e) and waited < wait:
@@ -581,7 +604,7 @@ class ResilientStorage(optuna.storages.BaseStorage):
     Args:
         backend: The storage from :func:`open_storage`.
         shown: Its URL, masked, for messages.
-        retry_s: How long one call keeps trying.
+        retry_s: How long one call keeps trying (default: :func:`lrsearch.outage.retry_limit`).
     """
 
     def __init__(
@@ -589,12 +612,14 @@ class ResilientStorage(optuna.storages.BaseStorage):
         backend: optuna.storages.RDBStorage,
         *,
         shown: str,
-        retry_s: float = STORAGE_RETRY_S,
+        retry_s: float | None = None,
     ) -> None:
         self.backend = backend
         self.shown = shown
-        self.retry_s = retry_s
+        self.retry_s = retry_limit() if retry_s is None else retry_s
+        self.should_stop: Callable[[], bool] = lambda: False
         self.recoveries = 0  # calls that failed at first and then went through
+        self.recovered_at = -math.inf  # time.monotonic() of the last of them
         self._inner = optuna.storages._CachedStorage(backend)
         url = backend.engine.url
         self._secrets = url_secrets(
@@ -632,7 +657,8 @@ class ResilientStorage(optuna.storages.BaseStorage):
         """``fn(*args, **kwargs)``, tried again while it fails on a transient storage error.
 
         Raises:
-            StorageError: It kept failing for ``retry_s`` seconds.
+            StorageUnavailable: It kept failing for ``retry_s`` seconds, or ``should_stop`` said
+                to stop trying.
         """
         start: float | None = None
         delay = _BACKOFF_START_S
@@ -651,16 +677,19 @@ class ResilientStorage(optuna.storages.BaseStorage):
                         _detail(e, self._secrets),
                         self.retry_s,
                     )
-                if now - start >= self.retry_s:
-                    raise StorageError(
-                        f"storage {self.shown!r} kept failing for {now - start:.0f} s: "
-                        f"{_detail(e, self._secrets)}; check the database"
+                if now - start >= self.retry_s or self.should_stop():
+                    why = "stopped waiting" if now - start < self.retry_s else "kept failing"
+                    raise StorageUnavailable(
+                        f"storage {self.shown!r} {why} after {now - start:.0f} s: "
+                        f"{_detail(e, self._secrets)}; check the database "
+                        f"(--storage-retry / ${RETRY_ENV_VAR} sets the wait)"
                     ) from None
                 time.sleep(min(delay, start + self.retry_s - now))
                 delay = min(2 * delay, _BACKOFF_MAX_S)
                 continue
             if start is not None:
                 self.recoveries += 1
+                self.recovered_at = time.monotonic()
                 _log.warning(
                     "lrsearch: storage %r answers again after %.1f s",
                     self.shown,

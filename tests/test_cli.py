@@ -297,9 +297,11 @@ def test_ctrl_c_exits_130_with_the_study_intact(
     assert result.exit_code == 130, result.output
     assert "1 interrupted" in result.stdout
     assert "interrupted; the study is intact" in result.stderr
-    (trial,) = optuna.load_study(study_name=study_name, storage=open_storage(sqlite_url)).trials
+    study = optuna.load_study(study_name=study_name, storage=open_storage(sqlite_url))
+    trial, queued = study.trials
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs[OUTCOME_ATTR] == "interrupted"
+    assert queued.state == optuna.trial.TrialState.WAITING  # re-run first by the next run
 
 
 def test_a_task_bug_is_one_line_even_when_its_message_is_not(

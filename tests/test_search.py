@@ -210,14 +210,16 @@ def test_ctrl_c_fails_the_trial_and_does_not_use_up_the_budget(
     assert summary.interrupted
     assert [o.outcome for o in summary.outcomes] == ["complete", "interrupted"]
     trials = _trials(storage_url, study_name)
-    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    # its configuration queued again: the next run trains it first
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
     assert trials[1].user_attrs[OUTCOME_ATTR] == "interrupted"
 
     resumed = run_search(
         spec, storage=storage_url, n_trials=3, device="cpu", train_fn=Script(["complete"] * 3)
     )
     assert resumed.already_finished == 1  # the interrupted trial does not count
-    assert len(resumed.outcomes) == 2
+    assert [o.number for o in resumed.outcomes] == [2, 3]
+    assert _trials(storage_url, study_name)[2].params == trials[1].params
     assert _states(storage_url, study_name) == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
 
 

@@ -83,10 +83,13 @@ def _lrsearch() -> list[str]:
 
 def _env(url: str | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LRSEARCH_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH")) if p)
+    # The lrsearch under test first (a worktree's, not the editable install's), then the toy tasks.
+    paths = (str(Path(search.__file__).resolve().parents[1]), str(TESTS_DIR), env.get("PYTHONPATH"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     # The workers run the stored toy task: allowed as a user would allow their own (lrsearch.trust).
     env["LRSEARCH_ALLOW_TASKS"] = "toy_tasks:*"
     env["PYTHONUNBUFFERED"] = "1"
+    env["LRSEARCH_ALLOW_TASKS"] = "toy_tasks:*"  # stripped above; workers run only allowed entries
     if url is not None:
         env["LRSEARCH_STORAGE"] = url
     env.update(extra)
@@ -732,16 +735,25 @@ def test_an_interrupted_worker_trial_is_queued_again(
     assert count_budget(trials).counted == 2
 
 
-def test_run_does_not_queue_an_interrupted_trial(
+def test_run_queues_an_interrupted_trial_again(
     sqlite_url: str, study_name: str, toy_spec: SpecBuilder
 ) -> None:
+    """As a worker does: the configuration a Ctrl-C stopped is the first the next run trains."""
+
     def interrupt(report: Callable[[int, float], None]) -> float:
         raise KeyboardInterrupt
 
-    spec = toy_spec(study_name)
+    spec = toy_spec(study_name, study={"n_trials": 2})
     summary = run_search(spec, storage=sqlite_url, device="cpu", train_fn=Script([interrupt]))
     assert summary.interrupted
-    assert [t.state for t in _trials(sqlite_url, study_name)] == [TrialState.FAIL]
+    stopped, queued = _trials(sqlite_url, study_name)
+    assert (stopped.state, queued.state) == (TrialState.FAIL, TrialState.WAITING)
+    assert queued.user_attrs[RETRY_OF_ATTR] == stopped.number
+    resumed = run_search(spec, storage=sqlite_url, device="cpu", train_fn=Script([complete] * 2))
+    assert resumed.outcomes[0].number == queued.number
+    trials = _trials(sqlite_url, study_name)
+    assert trials[queued.number].params == stopped.params
+    assert count_budget(trials).counted == 2
 
 
 def test_storage_file_option(
