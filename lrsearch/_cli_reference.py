@@ -35,7 +35,8 @@ def _option_row(param: click.Parameter, ctx: click.Context) -> str:
 def markdown() -> str:
     """The whole page."""
     out = [_HEADER]
-    group_ctx = click.Context(_main, info_name="lrsearch")
+    # The group's own settings (its -h): as when run, whatever click cached from earlier calls.
+    group_ctx = click.Context(_main, info_name="lrsearch", **_main.context_settings)
     for name in sorted(_main.list_commands(group_ctx)):
         command = _main.get_command(group_ctx, name)
         if command is None or command.hidden:

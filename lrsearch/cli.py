@@ -781,9 +781,7 @@ def verify(
     from lrsearch.storage import open_storage
     from lrsearch.verify import run_single_baseline, verify_trial
 
-    def progress(role: str, number: int, run: dict[str, Any]) -> None:
-        value = run["outcome"] if run["value"] is None else _fmt(run["value"])
-        click.echo(f"{role} trial {number}, seed {run['seed']}: {value}", err=True)
+    progress = _run_progress(with_role=True)
 
     baseline_study = None
     if baseline == "single":
@@ -839,9 +837,7 @@ def confirm(
     from lrsearch.confirm import confirm_study
     from lrsearch.storage import open_storage
 
-    def progress(role: str, number: int, run: dict[str, Any]) -> None:
-        value = run["outcome"] if run["value"] is None else _fmt(run["value"])
-        click.echo(f"trial {number}, seed {run['seed']}: {value}", err=True)
+    progress = _run_progress(with_role=False)
 
     result = confirm_study(
         open_storage(storage, create=False),
@@ -873,6 +869,17 @@ def confirm(
 def _baseline_line(outcome: Any, summary: Any) -> None:
     click.echo(f"single-rate baseline ({summary.study}), ", err=True, nl=False)
     _trial_line(outcome, summary)
+
+
+def _run_progress(*, with_role: bool) -> Callable[[str, int, dict[str, Any]], None]:
+    """A retraining's progress, one line on stderr a run (``verify`` names the run's role)."""
+
+    def progress(role: str, number: int, run: dict[str, Any]) -> None:
+        value = run["outcome"] if run["value"] is None else _fmt(run["value"])
+        who = f"{role} trial" if with_role else "trial"
+        click.echo(f"{who} {number}, seed {run['seed']}: {value}", err=True)
+
+    return progress
 
 
 def _verify_text(r: dict[str, Any]) -> str:

@@ -263,13 +263,22 @@ def _prepare_sqlite(parsed: URL, shown: str, *, create: bool) -> None:
         check_sqlite_file(path, shown, create=create)
     if not create:
         return  # a reader leaves the file as it is
-    try:
-        # WAL persists in the file; set it before Optuna's engine opens it.
-        with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-        conn.close()
-    except sqlite3.DatabaseError as e:
-        raise StorageError(f"storage {shown!r} is not a usable SQLite database: {e}") from e
+    # WAL persists in the file; set it before Optuna's engine opens it. Switching needs the file
+    # to itself, and SQLite answers "locked" at once (no busy wait) while processes creating it
+    # together hold it: tried again for up to SQLITE_BUSY_TIMEOUT_S (found by test_faults).
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.close()
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise StorageError(f"storage {shown!r} is not a usable SQLite database: {e}") from e
+            time.sleep(0.05)
+        except sqlite3.DatabaseError as e:
+            raise StorageError(f"storage {shown!r} is not a usable SQLite database: {e}") from e
 
 
 def filesystem_of(path: str | Path, mounts: str | None = None) -> tuple[str, str] | None:

@@ -594,10 +594,16 @@ def test_an_outage_past_the_retry_limit_loses_no_configuration(
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_a_20_s_outage_under_workers_loses_nothing(
-    proxy: Proxy, study_name: str, make_spec: SpecWriter, tmp_path: Path, procs: list[Any]
+@pytest.mark.parametrize("seconds", [20.0, 90.0])  # the two outages, under 3 workers
+def test_an_outage_under_workers_loses_nothing(
+    seconds: float,
+    proxy: Proxy,
+    study_name: str,
+    make_spec: SpecWriter,
+    tmp_path: Path,
+    procs: list[Any],
 ) -> None:
-    url, budget, n = _pg_url(), 8, 2
+    url, budget, n = _pg_url(), 9, 3
     spec = make_spec(text=to_toml(_sleepy(study_name, n_trials=budget)))
     made = CliRunner().invoke(main, ["create", str(spec), "--storage", url])
     assert made.exit_code == 0, made.output
@@ -612,7 +618,7 @@ def test_a_20_s_outage_under_workers_loses_nothing(
     _wait_for("every worker mid-trial", all_mid_trial)
     before = _completed(_trials(url, study_name))
     proxy.stop()
-    time.sleep(20.0)
+    time.sleep(seconds)
     proxy.start()
     codes = [p.wait(timeout=STARTUP_S) for p in procs]
     out = "\n".join(log.read_text() for log in logs)
@@ -621,7 +627,7 @@ def test_a_20_s_outage_under_workers_loses_nothing(
     trials = _trials(url, study_name)
     _assert_intact(trials, budget=budget, before=before, slack=n - 1)
     _figure(
-        "outage-20s/postgresql",
+        f"outage-{seconds:.0f}s/postgresql",
         workers=n,
         budget=budget,
         trials=len(trials),

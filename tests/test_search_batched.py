@@ -227,8 +227,10 @@ def test_ctrl_c_in_a_batch_interrupts_every_trial_of_it(
     assert summary.interrupted
     assert [o.outcome for o in summary.outcomes] == ["interrupted"] * 3
     trials = _study(storage_url, study_name).get_trials()
-    assert [t.state for t in trials] == [TrialState.FAIL] * 3  # nothing left RUNNING
-    assert all(t.user_attrs[OUTCOME_ATTR] == "interrupted" for t in trials)
+    # Nothing left RUNNING; run, as worker does, queues the interrupted configurations again.
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3 + [TrialState.WAITING] * 3
+    assert all(t.user_attrs[OUTCOME_ATTR] == "interrupted" for t in trials[:3])
+    assert [t.system_attrs["fixed_params"] for t in trials[3:]] == [t.params for t in trials[:3]]
 
     resumed = run_search(spec, storage=storage_url, n_trials=6, device="cpu", trainer=Trainer())
     assert resumed.already_finished == 0  # interrupted trials do not count
@@ -347,5 +349,7 @@ def test_an_error_while_sampling_trains_none_of_the_batch(
         )
     assert spy.sizes == []
     trials = _study(sqlite_url, study_name).get_trials()
-    assert [t.state for t in trials] == [TrialState.FAIL] * 3  # nothing left RUNNING
-    assert [t.user_attrs[OUTCOME_ATTR] for t in trials] == ["interrupted", "failed", "interrupted"]
+    # Nothing left RUNNING; the two interrupted (sampled) configurations are queued again.
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3 + [TrialState.WAITING] * 2
+    outcomes = [t.user_attrs[OUTCOME_ATTR] for t in trials[:3]]
+    assert outcomes == ["interrupted", "failed", "interrupted"]
