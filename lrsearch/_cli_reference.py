@@ -46,11 +46,15 @@ def markdown() -> str:
         out.append(f"```text\n{command.get_usage(ctx).strip()}\n```\n")
         if command.help:
             out.append(" ".join(command.help.split()) + "\n")
+        # The help option is written from the group's settings: click caches a command's help
+        # option from the first context it saw, which depends on what ran before in a process.
         rows = [
             _option_row(p, ctx)
-            for p in command.get_params(ctx)
+            for p in command.params
             if isinstance(p, click.Option) and not p.hidden
         ]
+        helps = ", ".join(f"`{o}`" for o in group_ctx.help_option_names)
+        rows.append(f"| {helps} | Show this message and exit. |")
         if rows:
             out.append("| option | meaning |\n| --- | --- |\n" + "\n".join(rows) + "\n")
     return "\n".join(out)
