@@ -118,19 +118,30 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def attention(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+def attention(
+    device: torch.device, *, vmapped: bool = False
+) -> contextlib.AbstractContextManager[Any]:
     """The scaled-dot-product attention kernels a trial may use on ``device``.
 
     On CUDA, every kernel but cuDNN's: measured on an H200 (``benchmarks/profile_trial.py``),
     cuDNN attention cost ~0.8 ms of host time a call for MiniLM's batches, whose widths vary from
     step to step, more than the rest of the step's launches together; the flash and
     memory-efficient kernels launch in microseconds. Elsewhere, torch's own choice.
+
+    ``vmapped``: the math kernel alone, on every device, which vmap batches: the fused kernels
+    have no batching rule (on CUDA vmap refuses them; on the CPU it loops per copy).
     """
-    if device.type != "cuda":
-        return contextlib.nullcontext()
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # torch < 2.3 has no cuDNN attention to avoid
+    except ImportError:  # torch < 2.3: no cuDNN attention to avoid; the old switch for vmap
+        if vmapped:
+            return torch.backends.cuda.sdp_kernel(
+                enable_flash=False, enable_math=True, enable_mem_efficient=False
+            )
+        return contextlib.nullcontext()
+    if vmapped:
+        return sdpa_kernel(SDPBackend.MATH)
+    if device.type != "cuda":
         return contextlib.nullcontext()
     return sdpa_kernel(
         [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]

@@ -62,6 +62,7 @@ from lrsearch.training.common import (
     Report,
     TrainResult,
     as_device,
+    attention,
     autocast,
     check_metric,
     epochs,
@@ -79,18 +80,6 @@ if TYPE_CHECKING:
 __all__ = ["BatchingUnsupported", "can_batch"]
 
 _PREFIX = "model."  # names of the model's tensors inside _Call
-
-
-def _math_attention() -> contextlib.AbstractContextManager[Any]:
-    """Scaled-dot-product attention through its math kernel, which vmap batches: the fused
-    kernels have no batching rule (on CUDA vmap refuses them; on the CPU it loops per copy)."""
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # torch < 2.3: the old switch
-        return torch.backends.cuda.sdp_kernel(
-            enable_flash=False, enable_math=True, enable_mem_efficient=False
-        )
-    return sdpa_kernel(SDPBackend.MATH)
 
 
 class BatchingUnsupported(LrsearchError):
@@ -364,7 +353,7 @@ class _Batch:
             named = {_PREFIX + n: t for n, t in tensors.items()}
             return functional_call(fn, named | shared, (batch,))
 
-        with self.autocast(), _math_attention():
+        with self.autocast(), attention(self.device, vmapped=True):
             return vmap(one, in_dims=(0, dims), **options)(self.stacked, batch)
 
     def losses(self, batch: Any, dims: Any) -> torch.Tensor:
