@@ -24,6 +24,10 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
+from lrsearch import _optuna_compat as compat
+
+# Not from lrsearch.search: that imports torch, and `lrsearch best` should start fast.
+from lrsearch import schema
 from lrsearch.confirm import describe, seed_values
 from lrsearch.errors import LrsearchError
 from lrsearch.pick import (
@@ -37,13 +41,8 @@ from lrsearch.pick import (
     rank,
     rank_seeded,
 )
-
-# Not from lrsearch.search: that imports torch, and `lrsearch best` should start fast.
+from lrsearch.schema import GROUPS_ATTR, OUTCOME_ATTR, REASON_ATTR, SPEC_ATTR
 from lrsearch.storage import (
-    GROUPS_ATTR,
-    OUTCOME_ATTR,
-    REASON_ATTR,
-    SPEC_ATTR,
     load_study,
     open_storage,
     stored_spec,
@@ -54,7 +53,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 # Every outcome a trial row can show, in the order tables and plots list them.
-STATES = ("complete", "pruned", "diverged", "failed", "interrupted", "running", "waiting")
+STATES = schema.STATES
 FORMATS = ("table", "csv", "json", "parquet")
 # How many of the best complete trials the per-group takeaways look at.
 TOP_K = 5
@@ -91,7 +90,7 @@ def list_studies(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
     """
     rows = []
     for s in storage.get_all_studies():
-        trials = storage.get_all_trials(s._study_id, deepcopy=False)
+        trials = storage.get_all_trials(compat.study_id(s), deepcopy=False)
         states = [t.state for t in trials]
         best = None
         if len(s.directions) == 1 or SPEC_ATTR in s.user_attrs:

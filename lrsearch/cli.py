@@ -23,6 +23,7 @@ import click
 
 from lrsearch import __version__
 from lrsearch.errors import LrsearchError
+from lrsearch.schema import STATES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -635,8 +636,8 @@ def _seed_cells(seeds: dict[str, Any] | None) -> list[Any]:
     return [seeds["mean"], "" if seeds["sd"] is None else seeds["sd"], seeds["n"]]
 
 
-# As lrsearch.analysis.STATES / FORMATS (not imported: that module pulls in Optuna at start-up).
-TRIAL_STATES = ("complete", "pruned", "diverged", "failed", "interrupted", "running", "waiting")
+# As lrsearch.analysis.FORMATS (not imported: that module pulls in Optuna at start-up).
+TRIAL_STATES = STATES
 TRIAL_FORMATS = ("table", "csv", "json", "parquet")
 
 

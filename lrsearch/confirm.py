@@ -24,16 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from lrsearch import _optuna_compat as compat
 from lrsearch.errors import LrsearchError
 from lrsearch.pick import Seeded, pooled_sd, rank, rank_seeded
+from lrsearch.schema import CONFIRM_ATTR
 from lrsearch.spec import StudySpec
 from lrsearch.storage import load_study, stored_spec
 from lrsearch.verify import Retrainer, RunCallback, search_seeds, stored_values, verify_seeds
 
 if TYPE_CHECKING:
     from lrsearch.training import TrainResult
-
-CONFIRM_ATTR = "lrsearch.confirm"
 
 
 def search_budget(spec: StudySpec, n_trials: int) -> int:
@@ -58,7 +58,7 @@ def seed_values(
     record = study.user_attrs.get(CONFIRM_ATTR)
     if not isinstance(record, dict):
         return {}
-    store = storage if storage is not None else study._storage
+    store = storage if storage is not None else compat.study_storage(study)
     numbers = [n for n in record.get("trials", []) if isinstance(n, int)]
     return {n: stored_values(store, study, n) for n in numbers}
 
@@ -137,7 +137,7 @@ def confirm_study(
     known = old.get("trials", []) if isinstance(old, dict) else []
     numbers = sorted({*known, *(t.number for t in top)})
     storage.set_study_user_attr(
-        study._study_id, CONFIRM_ATTR, {"trials": numbers, "top_k": k, "reseeds": r}
+        compat.study_id(study), CONFIRM_ATTR, {"trials": numbers, "top_k": k, "reseeds": r}
     )
     study = load_study(storage, study_name)  # the attribute just written
     seeded = rank_seeded(

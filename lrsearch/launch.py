@@ -248,22 +248,18 @@ def progress_of(trials: Sequence[Any], direction: str) -> Progress:
     """
     from optuna.trial import TrialState
 
-    from lrsearch.pick import metric
-    from lrsearch.storage import RETRY_OF_ATTR, counts_against_budget
+    from lrsearch.pick import best, metric
+    from lrsearch.storage import counts_against_budget, replaced_numbers
 
-    replaced = {t.user_attrs[RETRY_OF_ATTR] for t in trials if RETRY_OF_ATTR in t.user_attrs}
+    replaced = replaced_numbers(trials)
     counted = {s: 0 for s in TrialState}
     running = waiting = 0
-    best: Any = None
-    sign = 1.0 if direction == "maximize" else -1.0
     for t in trials:
         if counts_against_budget(t, replaced):
             counted[t.state] += 1
         running += t.state == TrialState.RUNNING
         waiting += t.state == TrialState.WAITING
-        value = metric(t) if t.state == TrialState.COMPLETE else None
-        if value is not None and (best is None or sign * (value - (metric(best) or 0.0)) > 0):
-            best = t
+    top = best(trials, maximize=direction == "maximize")
     complete, pruned = counted[TrialState.COMPLETE], counted[TrialState.PRUNED]
     failed = counted[TrialState.FAIL]
     return Progress(
@@ -273,8 +269,8 @@ def progress_of(trials: Sequence[Any], direction: str) -> Progress:
         failed=failed,
         running=running,
         waiting=waiting,
-        best_number=None if best is None else best.number,
-        best_value=None if best is None else metric(best),
+        best_number=None if top is None else top.number,
+        best_value=None if top is None else metric(top),
     )
 
 

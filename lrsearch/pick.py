@@ -123,6 +123,12 @@ def rank(trials: Iterable[FrozenTrial], *, maximize: bool) -> list[FrozenTrial]:
     return sorted(candidates(trials), key=lambda t: (sign * (metric(t) or 0.0), t.number))
 
 
+def best(trials: Iterable[FrozenTrial], *, maximize: bool) -> FrozenTrial | None:
+    """The best trial: the first of :func:`rank`; ``None`` while no trial is complete."""
+    ranked = rank(trials, maximize=maximize)
+    return ranked[0] if ranked else None
+
+
 def pareto_front(trials: Iterable[FrozenTrial], *, maximize: bool) -> list[FrozenTrial]:
     """The candidates no other candidate beats on both metric and cost, best metric first."""
     front: list[FrozenTrial] = []

@@ -44,6 +44,7 @@ from lrsearch.analysis import (
 from lrsearch.confirm import describe, seed_values
 from lrsearch.errors import LrsearchError
 from lrsearch.pick import candidates, pick, rank_seeded
+from lrsearch.schema import Outcome
 from lrsearch.storage import load_study, open_storage
 
 if TYPE_CHECKING:
@@ -61,9 +62,9 @@ BAND = "#2ca02c"
 FROZEN_BAR = "#9ecae1"
 TRAINED_BAR = "#08519c"
 NO_VALUE = {  # outcomes without a value: drawn on a strip of their own
-    "diverged": (DIVERGED, "x", "diverged (NaN/inf)"),
-    "failed": (FAILED, "X", "failed"),
-    "interrupted": ("#9467bd", "s", "interrupted"),
+    Outcome.DIVERGED: (DIVERGED, "x", "diverged (NaN/inf)"),
+    Outcome.FAILED: (FAILED, "X", "failed"),
+    Outcome.INTERRUPTED: ("#9467bd", "s", "interrupted"),
     "running": ("#17becf", ">", "running"),
 }
 FIGURES = ("history", "rates", "curves", "importance", "frozen")

@@ -79,21 +79,14 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-try:  # private but stable since Optuna 3; the dependency is pinned below 6
-    from optuna.study._tell import _tell_with_warning
-except ImportError:  # pragma: no cover
-    _tell_with_warning = None  # type: ignore[assignment]
-
+from lrsearch import _optuna_compat as compat
 from lrsearch.confirm import confirm_study, search_budget
 from lrsearch.errors import LrsearchError, StorageUnavailable, TaskError, TrialFailure
 from lrsearch.groups import LayerGroups, resolve_groups
 from lrsearch.limits import SEED_RANGE
 from lrsearch.pick import metric, rank
 from lrsearch.sampler import build_sampler
-from lrsearch.space import Sample, SearchSpace, enqueue_start
-from lrsearch.spec import StudySpec
-from lrsearch.storage import (  # the attribute names are re-exported: they were defined here first
-    FINISHED,
+from lrsearch.schema import (  # re-exported: readers imported them from here first
     GROUPS_ATTR,
     LOSSES_ATTR,
     LOST_REASON,
@@ -102,6 +95,12 @@ from lrsearch.storage import (  # the attribute names are re-exported: they were
     RETRY_OF_ATTR,
     TRIAL_ATTR,
     BudgetCount,
+    Outcome,
+)
+from lrsearch.space import Sample, SearchSpace, enqueue_start
+from lrsearch.spec import StudySpec
+from lrsearch.storage import (
+    FINISHED,
     ResilientStorage,
     create_or_resume,
     db_wait,
@@ -427,7 +426,7 @@ def run_search(
     study, resumed = _open_study(store, name, prepared)
     if resumed:
         study.sampler = make_sampler(
-            spec, space=prepared.space, offset=len(store.get_all_trials(study._study_id))
+            spec, space=prepared.space, offset=len(store.get_all_trials(compat.study_id(study)))
         )
     loop = _Loop(
         study=study,
@@ -443,7 +442,7 @@ def run_search(
     if (
         spec.winner.reseeds
         and not summary.interrupted
-        and store.count(study._study_id).counted >= budget
+        and store.count(compat.study_id(study)).counted >= budget
     ):
         # The search budget is met: the retrainings reserved from n_trials name the winner.
         # The study file given here is the user's own: its entry is allowed (lrsearch.trust).
@@ -671,7 +670,7 @@ class _Looker:
 
     def __call__(self, *, sweep: bool = False) -> BudgetCount:
         loop = self.loop
-        study_id = loop.study._study_id
+        study_id = compat.study_id(loop.study)
         if not sweep and time.monotonic() < self.next_sweep:
             count = loop.store.count(study_id)  # every RUNNING trial taken for alive
             if count.start_another(loop.budget) or count.counted >= loop.budget:
@@ -729,9 +728,12 @@ def _params(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> dict[str,
     (its worker died or was stopped first), the parameters it was queued with."""
     if trial.params:
         return dict(trial.params)
-    if not isinstance(trial, FrozenTrial):
-        trial = study._storage.get_trial(trial._trial_id)
-    return dict(trial.system_attrs.get("fixed_params") or {})
+    stored = (
+        trial
+        if isinstance(trial, FrozenTrial)
+        else compat.study_storage(study).get_trial(compat.trial_id(trial))
+    )
+    return dict(stored.system_attrs.get("fixed_params") or {})
 
 
 def _queue_again(study: optuna.Study, trial: FrozenTrial | optuna.Trial, *, lost: bool) -> bool:
@@ -747,10 +749,11 @@ def _queue_again(study: optuna.Study, trial: FrozenTrial | optuna.Trial, *, lost
 
 
 def _fail_if_running(study: optuna.Study, trial: optuna.Trial) -> None:
-    if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+    store, trial_id = compat.study_storage(study), compat.trial_id(trial)
+    if store.get_trial(trial_id).state == TrialState.RUNNING:
         try:
-            study._storage.set_trial_user_attr(trial._trial_id, OUTCOME_ATTR, "interrupted")
-            study._storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, "interrupted")
+            store.set_trial_user_attr(trial_id, OUTCOME_ATTR, Outcome.INTERRUPTED.value)
+            store.set_trial_user_attr(trial_id, REASON_ATTR, Outcome.INTERRUPTED.value)
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         except UpdateFinishedTrialError:
             return
@@ -779,31 +782,6 @@ def _note_best(summary: SearchSummary, outcome: TrialOutcome) -> None:
         summary.best_number = outcome.number
         summary.best_value = outcome.value
         summary.best_lrs = dict(outcome.lrs)
-
-
-def _tell(
-    study: optuna.Study,
-    trial: optuna.Trial,
-    value: float | Sequence[float] | None,
-    state: TrialState,
-) -> TrialState:
-    """``study.tell`` without reading the finished trial back (what ``optimize`` does internally).
-
-    ``study.tell`` re-reads and deep-copies the trial it just stored; that round trip alone is
-    several percent of a trivial trial's cost. ``skip_if_finished``: a trial failed behind our back
-    (a heartbeat sweep) must not crash the run; the state returned then is the one it has.
-    """
-    if _tell_with_warning is None:  # pragma: no cover - a future Optuna without the helper
-        return study.tell(trial, value, state=state, skip_if_finished=True).state
-    stored, _, _ = _tell_with_warning(
-        study=study,
-        trial=trial,
-        value_or_values=value,
-        state=state,
-        skip_if_finished=True,
-        suppress_warning=True,
-    )
-    return stored
 
 
 class _StopSignals:
@@ -969,7 +947,7 @@ def _run_one(
     current.clear()
     trial = loop.study.ask()
     current.append(trial)
-    beat.track(trial._trial_id, trial.number)
+    beat.track(compat.trial_id(trial), trial.number)
     outcome, error = _train_one(loop, stop, _Slot(trial, time.perf_counter()))
     if error is not None:
         raise error
@@ -993,7 +971,7 @@ def _sample(loop: _Loop, trial: optuna.Trial) -> Sample:
     """The trial's rates, stored with it (``lrsearch.trial``) before it trains."""
     sample = loop.prepared.space.sample(trial)
     loop.store.set_new_trial_user_attr(
-        trial._trial_id,
+        compat.trial_id(trial),
         TRIAL_ATTR,
         {
             "lrs": sample.lrs,
@@ -1135,7 +1113,7 @@ def _run_batch(
         while True:
             trial = loop.study.ask()
             current.append(trial)
-            beat.add(trial._trial_id, trial.number)
+            beat.add(compat.trial_id(trial), trial.number)
             slots.append(_Slot(trial, time.perf_counter()))
             # The next look would count this trial running, and one queued trial fewer if there
             # was one (ask takes a queued trial first).
@@ -1267,13 +1245,7 @@ def _finish(
                 # Optuna refuses to complete a trial with NaN/inf: a divergence the trainer missed.
                 outcome, reason = "diverged", f"diverged: final value is {value}"
                 value = None
-    state = {
-        "complete": TrialState.COMPLETE,
-        "pruned": TrialState.PRUNED,
-        "diverged": TrialState.PRUNED,
-        "failed": TrialState.FAIL,
-        "interrupted": TrialState.FAIL,
-    }[outcome]
+    state = TrialState[Outcome(outcome).optuna_state]
     try:
         if outcome != "complete":
             trial.set_user_attr(OUTCOME_ATTR, outcome)
@@ -1288,7 +1260,7 @@ def _finish(
         if state == TrialState.COMPLETE:
             assert value is not None
             told_values = [value, float(cost if cost is not None else math.nan)] if two else value
-        told = _tell(loop.study, trial, told_values, state)
+        told = compat.tell(loop.study, trial, told_values, state)
     except UpdateFinishedTrialError:
         told = None
     if told != state:  # another worker's sweep failed it first

@@ -33,12 +33,13 @@ from fnmatch import fnmatchcase
 
 import optuna
 
+from lrsearch import schema
 from lrsearch.errors import SpecError
 from lrsearch.spec import SpaceSection, fixed_rate, group_ref_problems
 
 # Study user attribute: how many one-rate trials ``start = "single"`` enqueued (set once, so a
 # resumed study never enqueues them again).
-START_ATTR = "lrsearch.start"
+START_ATTR = schema.START_ATTR
 
 
 @dataclass(frozen=True)

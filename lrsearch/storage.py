@@ -50,10 +50,11 @@ import sqlalchemy.event
 import sqlalchemy.exc
 from optuna.distributions import BaseDistribution
 from optuna.study import StudyDirection
-from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import URL, make_url
 
+from lrsearch import schema
+from lrsearch._optuna_compat import FrozenStudy, cached_storage, rdb_tables
 from lrsearch.errors import (
     SpecError,
     StorageError,
@@ -70,6 +71,14 @@ from lrsearch.outage import (
     is_schema_race,
     retry_limit,
 )
+from lrsearch.schema import (  # re-exported: readers imported them from here first
+    OUTCOME_ATTR,
+    RETRY_OF_ATTR,
+    SPEC_ATTR,
+    TRIAL_ATTR,
+    BudgetCount,
+    Outcome,
+)
 from lrsearch.spec import StudySpec
 from lrsearch.sqlite_file import check_sqlite_file
 
@@ -78,20 +87,6 @@ FILE_ENV_VAR = "LRSEARCH_STORAGE_FILE"  # a file holding the URL (a Docker / Kub
 WAIT_ENV_VAR = "LRSEARCH_DB_WAIT"  # seconds `run`, `create` and `worker` wait for the database
 NETWORK_SQLITE_ENV_VAR = "LRSEARCH_ALLOW_NETWORK_SQLITE"
 DEFAULT_URL = "sqlite:///lrsearch.db"
-SPEC_ATTR = "lrsearch.spec"
-# Where lrsearch keeps what readers need (here, so that readers need not import torch):
-GROUPS_ATTR = "lrsearch.groups"  # study: {group: [pattern, ...]}, in order
-# trial: {"lrs": {group: lr} for every group (0.0 = frozen), "weight_decay": float | None,
-# "host": the worker's host name, "pid": its process id}; one attribute, so a trial costs one
-# extra write, not four.
-TRIAL_ATTR = "lrsearch.trial"
-OUTCOME_ATTR = "lrsearch.outcome"  # trial: pruned | diverged | failed | interrupted
-REASON_ATTR = "lrsearch.reason"  # trial: why it diverged or failed
-# A trial queued again (same parameters) names the trial it re-runs, which then no longer counts
-# against the budget; and how often this configuration has lost its worker so far.
-RETRY_OF_ATTR = "lrsearch.retry_of"
-LOSSES_ATTR = "lrsearch.losses"
-LOST_REASON = "worker lost"  # the reason of a trial failed because its worker stopped beating
 SQLITE_BUSY_TIMEOUT_S = 60
 # How long to wait for the spec of a study another worker has just created (its two writes are
 # not one transaction).
@@ -103,7 +98,7 @@ DEFAULT_DB_WAIT_S = 60.0
 STORAGE_RETRY_S = DEFAULT_RETRY_S
 _BACKOFF_START_S = 0.25
 _BACKOFF_MAX_S = 5.0
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+FINISHED = tuple(TrialState[name] for name in schema.FINISHED_STATES)
 # Filesystems where several machines may open one SQLite file: its locks do not hold there.
 NETWORK_FILESYSTEMS = frozenset(
     {
@@ -629,7 +624,7 @@ class ResilientStorage(optuna.storages.BaseStorage):
         self.should_stop: Callable[[], bool] = lambda: False
         self.recoveries = 0  # calls that failed at first and then went through
         self.recovered_at = -math.inf  # time.monotonic() of the last of them
-        self._inner = optuna.storages._CachedStorage(backend)
+        self._inner = cached_storage(backend)
         url = backend.engine.url
         self._secrets = url_secrets(
             url.render_as_string(hide_password=False), parsed_password=url.password
@@ -837,23 +832,10 @@ class ResilientStorage(optuna.storages.BaseStorage):
         return self.call(self._on_connection, _look, study_id, grace, orphan_after)
 
 
-def _tables() -> tuple[sqlalchemy.Table, sqlalchemy.Table, sqlalchemy.Table]:
-    # Optuna's own tables, whose schema its migrations keep stable. Optuna's stale-trial check
-    # skips trials that never had a heartbeat and needs the storage's heartbeat settings (with
-    # which `ask` warns); counting from its trial objects reads every attribute of every trial.
-    from optuna.storages._rdb import models
-
-    return (
-        models.TrialModel.__table__,
-        models.TrialHeartbeatModel.__table__,
-        models.TrialUserAttributeModel.__table__,
-    )
-
-
 @functools.cache
 def _statements() -> dict[str, Any]:
     """The statements of a look, built once: building one costs more than running it."""
-    trials, beats, attrs = _tables()
+    trials, beats, attrs = rdb_tables()
     study_id: Any = sqlalchemy.bindparam("study_id")
     running = (
         sqlalchemy.select(
@@ -865,11 +847,11 @@ def _statements() -> dict[str, Any]:
         .select_from(trials.outerjoin(beats, beats.c.trial_id == trials.c.trial_id))
         .where(trials.c.study_id == study_id, trials.c.state == TrialState.RUNNING)
     )
-    # The budget rule (`counts_against_budget`) in SQL: not interrupted, not re-run elsewhere.
+    # The budget rule (schema.counts_against_budget) in SQL: not interrupted, not re-run elsewhere.
     interrupted = sqlalchemy.exists().where(
         attrs.c.trial_id == trials.c.trial_id,
         attrs.c.key == OUTCOME_ATTR,
-        attrs.c.value_json == json.dumps("interrupted"),
+        attrs.c.value_json == json.dumps(Outcome.INTERRUPTED.value),
     )
     rerun, retry = trials.alias(), attrs.alias()
     replaced = (
@@ -974,30 +956,19 @@ def _look(
     return StudyLook(dataclasses.replace(count, running=alive), tuple(lost))
 
 
-@dataclass(frozen=True)
-class BudgetCount:
-    """Where a study stands against its budget of ``n_trials`` finished trials."""
-
-    counted: int  # finished trials that count against the budget
-    running: int  # trials being trained now
-    waiting: int  # queued trials: re-runs of lost or interrupted trials, or enqueued by hand
-
-    def start_another(self, budget: int) -> bool:
-        """Whether a worker should start a trial: queued work, or room the running ones leave."""
-        if self.counted >= budget:
-            return False
-        return self.waiting > 0 or self.counted + self.running < budget
-
-
 def counts_against_budget(trial: FrozenTrial, replaced: Container[int]) -> bool:
-    """Whether a stored trial counts against the budget: finished, not stopped by an interrupt,
-    and not queued again (``replaced``: the numbers named by some trial's ``lrsearch.retry_of``;
-    the re-run counts instead)."""
-    return (
-        trial.state in FINISHED
-        and trial.user_attrs.get(OUTCOME_ATTR) != "interrupted"
-        and trial.number not in replaced
+    """Whether a stored trial counts against the budget (:func:`schema.counts_against_budget`).
+
+    ``replaced``: the numbers some trial's ``lrsearch.retry_of`` names (:func:`replaced_numbers`).
+    """
+    return schema.counts_against_budget(
+        trial.state.name, trial.user_attrs.get(OUTCOME_ATTR), trial.number, replaced
     )
+
+
+def replaced_numbers(trials: Iterable[FrozenTrial]) -> set[int]:
+    """The numbers of trials queued again after their worker was lost: their re-runs count."""
+    return {t.user_attrs[RETRY_OF_ATTR] for t in trials if RETRY_OF_ATTR in t.user_attrs}
 
 
 def count_budget(trials: Iterable[FrozenTrial], *, running: int | None = None) -> BudgetCount:
@@ -1010,7 +981,7 @@ def count_budget(trials: Iterable[FrozenTrial], *, running: int | None = None) -
             waiting for it could last forever.
     """
     trials = list(trials)
-    replaced = {t.user_attrs[RETRY_OF_ATTR] for t in trials if RETRY_OF_ATTR in t.user_attrs}
+    replaced = replaced_numbers(trials)
     return BudgetCount(
         counted=sum(1 for t in trials if counts_against_budget(t, replaced)),
         running=(

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
+from lrsearch import _optuna_compat as compat
 from lrsearch.errors import LrsearchError, TrialFailure
 from lrsearch.pick import metric, numbered, rank
 from lrsearch.spec import StudySpec
@@ -372,7 +373,7 @@ def _stored_runs(
     storage: optuna.storages.BaseStorage, study: optuna.Study, attr: str
 ) -> list[dict[str, Any]]:
     # Read from the storage, not the study object: another `verify` may have stored runs since.
-    record = storage.get_study_user_attrs(study._study_id).get(attr)
+    record = storage.get_study_user_attrs(compat.study_id(study)).get(attr)
     if not isinstance(record, dict) or not isinstance(record.get("runs"), list):
         return []
     return [r for r in record["runs"] if isinstance(r, dict) and isinstance(r.get("seed"), int)]
@@ -399,7 +400,7 @@ def _store(
         "search_seed": search_seed + trial.number,
         "runs": sorted([*runs, run], key=lambda r: r["seed"]),
     }
-    storage.set_study_user_attr(study._study_id, attr, record)
+    storage.set_study_user_attr(compat.study_id(study), attr, record)
 
 
 def _compare(configs: list[dict[str, Any]], maximize: bool) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ from toy_tasks import ToyNet
 
 from lrsearch.cli import main, one_line
 from lrsearch.errors import StudyNotFoundError
-from lrsearch.search import OUTCOME_ATTR
+from lrsearch.schema import OUTCOME_ATTR
 from lrsearch.storage import open_storage, trial_lrs
 
 GROUPS = ["embed", "body", "head"]

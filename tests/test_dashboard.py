@@ -15,8 +15,9 @@ import pytest
 from conftest import snapshot_trials
 
 from lrsearch.errors import TrialFailure
-from lrsearch.search import OUTCOME_ATTR, TRIAL_ATTR, run_search
-from lrsearch.storage import GROUPS_ATTR, SPEC_ATTR, open_storage, trial_lrs
+from lrsearch.schema import GROUPS_ATTR, OUTCOME_ATTR, SPEC_ATTR, TRIAL_ATTR
+from lrsearch.search import run_search
+from lrsearch.storage import open_storage, trial_lrs
 from lrsearch.training import TrainResult
 from lrsearch.verify import verify_attr, verify_trial
 

@@ -37,7 +37,8 @@ from lrsearch.launch import (
     progress_of,
     redact,
 )
-from lrsearch.storage import OUTCOME_ATTR, RETRY_OF_ATTR, open_storage
+from lrsearch.schema import OUTCOME_ATTR, RETRY_OF_ATTR
+from lrsearch.storage import open_storage
 
 SpecWriter = Callable[..., Path]
 URL = "postgresql+psycopg://lr:s3cret-pw@db.example:5432/lr"

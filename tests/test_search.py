@@ -18,16 +18,8 @@ from optuna.trial import TrialState
 
 from lrsearch.errors import LrsearchError, TaskError, TrialFailure
 from lrsearch.groups import LayerGroups
-from lrsearch.search import (
-    GROUPS_ATTR,
-    OUTCOME_ATTR,
-    REASON_ATTR,
-    SearchSummary,
-    TrialOutcome,
-    make_pruner,
-    make_sampler,
-    run_search,
-)
+from lrsearch.schema import GROUPS_ATTR, OUTCOME_ATTR, REASON_ATTR
+from lrsearch.search import SearchSummary, TrialOutcome, make_pruner, make_sampler, run_search
 from lrsearch.space import Sample
 from lrsearch.spec import StudySpec, TrainSection
 from lrsearch.storage import create_or_resume, open_storage, trial_lrs

@@ -22,7 +22,8 @@ from torch import nn
 
 import lrsearch.search as search
 from lrsearch.errors import LrsearchError, SpecError, TaskError
-from lrsearch.search import OUTCOME_ATTR, REASON_ATTR, create_study, run_search, run_worker
+from lrsearch.schema import OUTCOME_ATTR, REASON_ATTR
+from lrsearch.search import create_study, run_search, run_worker
 from lrsearch.spec import StudySpec
 from lrsearch.storage import open_storage, trial_lrs
 from lrsearch.tasks import TensorClassificationTask

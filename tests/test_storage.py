@@ -17,11 +17,11 @@ from conftest import postgres_url, to_toml, toy_spec_data
 
 from lrsearch.cli import main
 from lrsearch.errors import LrsearchError, StorageError, StudyMismatchError, StudyNotFoundError
+from lrsearch.schema import SPEC_ATTR
 from lrsearch.spec import StudySpec
 from lrsearch.storage import (
     DEFAULT_URL,
     ENV_VAR,
-    SPEC_ATTR,
     SQLITE_BUSY_TIMEOUT_S,
     create_or_resume,
     load_study,

@@ -21,8 +21,9 @@ from conftest import snapshot_trials
 
 from lrsearch.cli import main
 from lrsearch.launch import plan_workers
+from lrsearch.schema import SPEC_ATTR
 from lrsearch.search import create_study, run_search
-from lrsearch.storage import SPEC_ATTR, open_storage
+from lrsearch.storage import open_storage
 from lrsearch.training import TrainResult
 from lrsearch.trust import BUILTIN_TASKS, ENV_VAR, allowed_tasks, is_allowed
 

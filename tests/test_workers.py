@@ -33,21 +33,19 @@ from lrsearch import search
 from lrsearch.cli import main
 from lrsearch.errors import SpecError, StorageError, StudyMismatchError, StudyNotFoundError
 from lrsearch.groups import LayerGroups
-from lrsearch.search import (
+from lrsearch.schema import (
+    LOSSES_ATTR,
+    LOST_REASON,
     OUTCOME_ATTR,
     REASON_ATTR,
     RETRY_OF_ATTR,
     TRIAL_ATTR,
-    create_study,
-    run_search,
-    run_worker,
+    BudgetCount,
 )
+from lrsearch.search import create_study, run_search, run_worker
 from lrsearch.space import Sample
 from lrsearch.spec import StudySpec, TrainSection
 from lrsearch.storage import (
-    LOSSES_ATTR,
-    LOST_REASON,
-    BudgetCount,
     ResilientStorage,
     count_budget,
     db_wait,
