@@ -1,154 +1,35 @@
-"""A study's report: PNG plots and one self-contained HTML page a person reads without the numbers.
+"""The report's matplotlib figures, drawn from a :class:`~lrsearch.report.data.ReportData`.
 
-``write_report(storage, study, folder)`` writes five plots and ``index.html`` (the plots embedded
-as data URIs, no other file or network needed):
-
-- ``history.png``: the metric over trials with the best so far; pruned, diverged and failed trials
-  each marked their own way;
-- ``rates.png``: per group, the learning rate against the metric on a log axis, frozen trials in a
-  strip of their own at the left, the best trials' band shaded;
-- ``curves.png``: the intermediate values of every trial, pruned trials ending in a cross;
-- ``importance.png``: how much each group's rate explains (fANOVA), or why it could not be said;
-- ``frozen.png``: per group, the metric of the trials that froze it against those that trained it.
-
-The numbers behind them come from :mod:`lrsearch.analysis`; this module only draws. matplotlib (an
-optional extra, ``lrsearch[report]``) is imported when a report is made, with the Agg canvas: no
-display, no global pyplot state.
+matplotlib (an optional extra, ``lrsearch[report]``) is imported when a figure is drawn, with the
+Agg canvas: no display, no global pyplot state.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import math
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-import optuna
-
-from lrsearch import __version__
-from lrsearch.analysis import (
-    GroupStats,
-    Importance,
-    curves_frame,
-    format_rate,
-    group_importance,
-    group_stats,
-    outcome_counts,
-    searched_ranges,
-    study_groups,
-    trials_frame,
-)
-from lrsearch.confirm import describe, seed_values
 from lrsearch.errors import LrsearchError
-from lrsearch.pick import candidates, pick, rank_seeded
-from lrsearch.schema import Outcome
-from lrsearch.storage import load_study, open_storage
+from lrsearch.report.colors import (
+    BAND,
+    BEST,
+    COMPLETE,
+    DIVERGED,
+    FROZEN_BAR,
+    NO_VALUE,
+    PRUNED,
+    TRAINED_BAR,
+)
+from lrsearch.report.data import ReportData
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-# One look per outcome, the same in every plot.
-COMPLETE = "#1f6fb4"
-PRUNED = "#8c8c8c"
-DIVERGED = "#d62728"
-FAILED = "#222222"
-BEST = "#ffb000"
-BAND = "#2ca02c"
-FROZEN_BAR = "#9ecae1"
-TRAINED_BAR = "#08519c"
-NO_VALUE = {  # outcomes without a value: drawn on a strip of their own
-    Outcome.DIVERGED: (DIVERGED, "x", "diverged (NaN/inf)"),
-    Outcome.FAILED: (FAILED, "X", "failed"),
-    Outcome.INTERRUPTED: ("#9467bd", "s", "interrupted"),
-    "running": ("#17becf", ">", "running"),
-}
 FIGURES = ("history", "rates", "curves", "importance", "frozen")
 DPI = 110
-
-
-@dataclass(frozen=True)
-class ReportData:
-    """Everything a report shows, read once from the study."""
-
-    study: str
-    direction: str
-    groups: list[str]
-    trials: pd.DataFrame
-    curves: pd.DataFrame
-    counts: dict[str, int]
-    stats: list[GroupStats]
-    importance: Importance
-    ranges: dict[str, tuple[float, float]]
-    # The best trial as lrsearch.pick chooses it, and how, when the study was confirmed.
-    best_number: int | None = None
-    ranking: str | None = None
-
-    @property
-    def maximize(self) -> bool:
-        return self.direction == "maximize"
-
-    @property
-    def complete(self) -> pd.DataFrame:
-        t = self.trials
-        return t[(t["state"] == "complete") & t["value"].notna()]
-
-    @property
-    def best(self) -> pd.Series | None:
-        """The best complete trial's row (ties: the earliest; lrsearch.pick's when it is set)."""
-        done = self.complete
-        if done.empty:
-            return None
-        if self.best_number is not None:
-            rows = done[done["number"] == self.best_number]
-            if not rows.empty:
-                return rows.iloc[0]
-        ranked = done.sort_values(["value", "number"], ascending=[not self.maximize, True])
-        return ranked.iloc[0]
-
-
-def collect(storage: optuna.storages.BaseStorage | str | None, study_name: str) -> ReportData:
-    """Read what a report shows from a study.
-
-    Args:
-        storage: An Optuna storage or a storage URL (``None``: ``$LRSEARCH_STORAGE``, then the
-            default).
-        study_name: The study.
-
-    Raises:
-        StorageError: The storage cannot be opened.
-        StudyNotFoundError: No such study.
-        LrsearchError: The study has several objectives.
-    """
-    if storage is None or isinstance(storage, str):
-        storage = open_storage(storage, create=False)
-    study = load_study(storage, study_name)
-    trials = trials_frame(study)  # also refuses multi-objective studies
-    groups = study_groups(study)
-    direction = study.directions[0].name.lower()
-    ranges = searched_ranges(study, groups)
-    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-    every = study.get_trials(deepcopy=False)
-    seeds = seed_values(study, storage)
-    seeded = rank_seeded(every, seeds, maximize=maximize)
-    best_number = pick(every, maximize=maximize, seeds=seeds).number if candidates(every) else None
-    return ReportData(
-        study=study_name,
-        direction=direction,
-        groups=groups,
-        trials=trials,
-        curves=curves_frame(study),
-        counts=outcome_counts(trials),
-        stats=group_stats(trials, groups, direction=direction, ranges=ranges),
-        importance=group_importance(study, trials, groups),
-        ranges=ranges,
-        best_number=best_number,
-        ranking=describe(seeded) if seeded else None,
-    )
 
 
 def _matplotlib() -> None:
@@ -555,201 +436,3 @@ def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()
-
-
-# What each plot shows, for the page (and for alt text).
-CAPTIONS = {
-    "history": (
-        "The metric over trials",
-        "Each dot is a trial in the order it ran; the yellow line is the best value found so far. "
-        "Hollow grey dots are trials the pruner stopped early (drawn at their value when stopped); "
-        "trials without a value (diverged, failed) sit on the strip below.",
-    ),
-    "rates": (
-        "Learning rate against the metric, per group",
-        "One panel per group. Right: trials that trained the group, by their rate (log scale). "
-        "Left strip: trials that froze it. The green band spans the rates of the best complete "
-        "trials; crosses on the bottom edge are trials that diverged at that rate.",
-    ),
-    "curves": (
-        "Learning curves",
-        "The value at every evaluation of every trial. A line that stops at a cross was pruned "
-        "there (or diverged, in red); the thick yellow line is the best trial.",
-    ),
-    "importance": (
-        "Which groups matter",
-        "How much of the difference between complete trials each group's rate explains "
-        "(fANOVA, Optuna's get_param_importances); a long bar is a group worth tuning, a short "
-        "one a group whose rate hardly matters.",
-    ),
-    "frozen": (
-        "Frozen or trained",
-        "Per group, the complete trials that froze it (light) against those that trained it "
-        "(dark): the bar is their mean, the diamond their best, n how many there were.",
-    ),
-}
-
-_CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0;
-       color: #1d1d1f; background: #f6f7f9; }
-main { max-width: 1280px; margin: 0 auto; padding: 24px 32px 48px; }
-h1 { margin: 0 0 4px; font-size: 28px; }
-h2 { margin: 32px 0 6px; font-size: 20px; }
-.sub { color: #555; margin: 0 0 16px; font-size: 15px; }
-.card { background: white; border: 1px solid #dfe3e8; border-radius: 8px; padding: 16px 20px; }
-.headline { display: flex; gap: 32px; flex-wrap: wrap; align-items: flex-start; }
-.best { font-size: 26px; font-weight: 600; }
-table { border-collapse: collapse; font-size: 15px; }
-th, td { text-align: left; padding: 4px 14px 4px 0; border-bottom: 1px solid #eceff3; }
-ul.takeaways { margin: 8px 0 0; padding-left: 20px; font-size: 16px; line-height: 1.6; }
-.counts span { display: inline-block; margin-right: 12px; }
-.dot { display: inline-block; width: 10px; height: 10px; border-radius: 50%; margin-right: 4px; }
-figure { margin: 0; }
-figcaption { color: #444; margin: 0 0 10px; font-size: 14px; max-width: 980px; }
-img { max-width: 100%; height: auto; display: block; }
-footer { color: #888; font-size: 12px; margin-top: 32px; }
-"""
-
-_STATE_COLORS = {
-    "complete": COMPLETE,
-    "pruned": PRUNED,
-    "diverged": DIVERGED,
-    "failed": FAILED,
-    "interrupted": "#9467bd",
-    "running": "#17becf",
-    "waiting": "#bbbbbb",
-}
-
-
-def render_html(data: ReportData, images: dict[str, bytes]) -> str:
-    """The report page: the headline, then each plot embedded as a PNG data URI.
-
-    Args:
-        data: From :func:`collect`.
-        images: PNG bytes by figure name.
-    """
-    e = html.escape
-    total = len(data.trials)
-    shown_states = [
-        s for s, n in data.counts.items() if n or s in ("complete", "pruned", "diverged", "failed")
-    ]
-    counts = "".join(
-        f'<span><i class="dot" style="background:{_STATE_COLORS[s]}"></i>'
-        f"{data.counts[s]} {e(s)}</span>"
-        for s in shown_states
-    )
-    best = data.best
-    imp = data.importance.values
-    if best is None:
-        best_html = '<div class="best">No complete trial yet</div>'
-        rates = ""
-    else:
-        best_html = (
-            f'<div class="best">Best: {float(best["value"]):.4g}</div>'
-            f'<div class="sub">trial {int(best["number"])}, {e(data.direction)}</div>'
-        )
-        if data.ranking:
-            best_html += f'<div class="sub">{e(data.ranking)}</div>'
-
-        rows = []
-        for g in data.groups:
-            lr = float(best[f"lr.{g}"])
-            rng = data.ranges.get(g)
-            searched = f"{format_rate(rng[0])} to {format_rate(rng[1])}" if rng else "-"
-            share = f"{imp[g]:.0%}" if g in imp else "-"
-            rows.append(
-                f"<tr><td><b>{e(g)}</b></td><td>{e(format_rate(lr))}</td>"
-                f"<td>{e(searched)}</td><td>{share}</td></tr>"
-            )
-        # Every other searched parameter with a share (weight decay, layer decay's knobs): the
-        # shares of the table then add up to the whole.
-        for name, share_value in imp.items():
-            if name in data.groups:
-                continue
-            column = name.removesuffix(" (knob)")
-            value = float(best[column]) if column in best else math.nan
-            shown = "-" if math.isnan(value) else f"{value:.3g}"
-            rows.append(
-                f"<tr><td><b>{e(name)}</b></td><td>{e(shown)}</td><td>-</td>"
-                f"<td>{share_value:.0%}</td></tr>"
-            )
-        rates = (
-            "<table><tr><th>parameter</th><th>best trial's value</th><th>searched</th>"
-            "<th>importance</th></tr>" + "".join(rows) + "</table>"
-        )
-    takeaways = "".join(f"<li>{e(s.takeaway)}</li>" for s in data.stats)
-    sections = []
-    for name in FIGURES:
-        if name not in images:
-            continue
-        title, caption = CAPTIONS[name]
-        if name == "importance":
-            caption += f" ({data.importance.note}.)"
-        uri = "data:image/png;base64," + base64.b64encode(images[name]).decode("ascii")
-        sections.append(
-            f'<h2 id="{name}">{e(title)}</h2><figure class="card">'
-            f"<figcaption>{e(caption)}</figcaption>"
-            f'<img src="{uri}" alt="{e(title)}: {e(caption)}"></figure>'
-        )
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>lrsearch report: {e(data.study)}</title>
-<style>{_CSS}</style>
-</head>
-<body>
-<main>
-<h1>Study “{e(data.study)}”</h1>
-<p class="sub">{e(data.direction)} the metric &middot; {total} trial(s) &middot;
-groups: {e(", ".join(data.groups) or "none")}</p>
-<div class="card headline">
-<div>{best_html}<p class="counts">{counts}</p></div>
-<div>{rates}</div>
-</div>
-<h2>What the study says</h2>
-<div class="card"><ul class="takeaways">{takeaways}</ul></div>
-{"".join(sections)}
-<footer>lrsearch {e(__version__)}</footer>
-</main>
-</body>
-</html>
-"""
-
-
-def write_report(
-    storage: optuna.storages.BaseStorage | str | None, study_name: str, out_dir: Path | str
-) -> Path:
-    """Write a study's report into ``out_dir``: the PNG plots and ``index.html``.
-
-    Args:
-        storage: An Optuna storage or a storage URL.
-        study_name: The study.
-        out_dir: The folder (created if missing; files of the same names are replaced).
-
-    Returns:
-        The path of ``index.html``.
-
-    Raises:
-        LrsearchError: matplotlib is missing, ``out_dir`` is a file or cannot be written.
-        StudyNotFoundError: No such study.
-    """
-    _matplotlib()
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise LrsearchError(
-            f"cannot write the report to {str(out)!r}: it is a file; name a folder with -o DIR"
-        )
-    data = collect(storage, study_name)
-    figures = make_figures(data)
-    images = {name: _png(fig) for name, fig in figures.items()}
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for name, png in images.items():
-            (out / f"{name}.png").write_bytes(png)
-        page = out / "index.html"
-        page.write_text(render_html(data, images), encoding="utf-8")
-    except OSError as e:
-        raise LrsearchError(f"cannot write the report to {str(out)!r}: {e.strerror or e}") from e
-    return page
