@@ -117,10 +117,21 @@ def numbered(trials: Sequence[FrozenTrial], number: int, *, study: str, use: str
     return trial
 
 
+def rank_key(value: float, number: int, *, maximize: bool) -> tuple[float, int]:
+    """The order :func:`rank` sorts by: the better metric first, ties to the earliest trial.
+
+    For readers that hold trials as rows (a DataFrame's ``value`` and ``number``), so that they
+    rank exactly as :func:`rank` does.
+    """
+    return (-value if maximize else value, number)
+
+
 def rank(trials: Iterable[FrozenTrial], *, maximize: bool) -> list[FrozenTrial]:
     """Candidates best metric first; ties to the earliest trial."""
-    sign = -1.0 if maximize else 1.0
-    return sorted(candidates(trials), key=lambda t: (sign * (metric(t) or 0.0), t.number))
+    return sorted(
+        candidates(trials),
+        key=lambda t: rank_key(metric(t) or 0.0, t.number, maximize=maximize),
+    )
 
 
 def best(trials: Iterable[FrozenTrial], *, maximize: bool) -> FrozenTrial | None:

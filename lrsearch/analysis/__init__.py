@@ -10,8 +10,9 @@ Which module owns what, each importing only those above it:
 - :mod:`~lrsearch.analysis.studies`: ``list_studies``, opening a storage for reading, the study's
   groups in order (``study_groups``);
 - :mod:`~lrsearch.analysis.trials`: the trials DataFrame (``trials_frame``, ``load_trials``), the
-  curves (``curves_frame``, ``load_curves``), outcomes (``STATES``, ``trial_state``,
-  ``filter_states``, ``outcome_counts``) and the knob columns;
+  curves (``curves_frame``, ``load_curves``), outcomes (``trial_state``, ``filter_states``,
+  ``outcome_counts``; ``STATES`` is :mod:`lrsearch.schema`'s), the complete trials and their ranking
+  by :mod:`lrsearch.pick`'s rule (``complete_rows``, ``ranked_rows``) and the knob columns;
 - :mod:`~lrsearch.analysis.formats`: writing trials (``FORMATS``, ``trials_table``,
   ``write_trials``) and ``format_rate``;
 - :mod:`~lrsearch.analysis.best`: ``best_trials`` and ``trial_record`` (``lrsearch best``), what a
@@ -34,16 +35,20 @@ from lrsearch.analysis.importance import MIN_IMPORTANCE_TRIALS, Importance, grou
 from lrsearch.analysis.studies import list_studies, study_groups
 from lrsearch.analysis.takeaways import TOP_K, GroupStats, group_stats, searched_ranges
 from lrsearch.analysis.trials import (
-    STATES,
+    complete_rows,
     curves_frame,
     filter_states,
     knob_columns,
     load_curves,
     load_trials,
     outcome_counts,
+    ranked_rows,
     trial_state,
     trials_frame,
 )
+
+# Every outcome a trial row can show, in the order tables and plots list them.
+from lrsearch.schema import STATES
 
 __all__ = [
     "COST_MEANINGS",
@@ -54,6 +59,7 @@ __all__ = [
     "GroupStats",
     "Importance",
     "best_trials",
+    "complete_rows",
     "cost_meaning",
     "curves_frame",
     "filter_states",
@@ -65,6 +71,7 @@ __all__ = [
     "load_curves",
     "load_trials",
     "outcome_counts",
+    "ranked_rows",
     "searched_ranges",
     "study_groups",
     "trial_record",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import TrialState
 
-from lrsearch.analysis.trials import knob_columns
+from lrsearch.analysis.trials import complete_rows, knob_columns
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,7 +52,7 @@ def group_importance(
     """
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
-    done = trials[(trials["state"] == "complete") & trials["value"].notna()]
+    done = complete_rows(trials)
     n = len(done)
     if n < MIN_IMPORTANCE_TRIALS:
         return Importance(

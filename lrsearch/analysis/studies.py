@@ -14,8 +14,8 @@ from optuna.trial import TrialState
 
 from lrsearch import _optuna_compat as compat
 from lrsearch.errors import LrsearchError
-from lrsearch.pick import metric, rank
-from lrsearch.schema import GROUPS_ATTR, SPEC_ATTR
+from lrsearch.pick import best, metric
+from lrsearch.schema import GROUPS_ATTR, SPEC_ATTR, Outcome
 from lrsearch.storage import open_storage, stored_spec, trial_info
 
 
@@ -29,21 +29,21 @@ def list_studies(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
     for s in storage.get_all_studies():
         trials = storage.get_all_trials(compat.study_id(s), deepcopy=False)
         states = [t.state for t in trials]
-        best = None
+        best_value = None
         if len(s.directions) == 1 or SPEC_ATTR in s.user_attrs:
             maximize = s.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-            ranked = rank(trials, maximize=maximize)
-            best = metric(ranked[0]) if ranked else None
+            top = best(trials, maximize=maximize)
+            best_value = metric(top) if top is not None else None
         rows.append(
             {
                 "study": s.study_name,
                 "direction": ",".join(d.name.lower() for d in s.directions),
                 "trials": len(trials),
-                "complete": states.count(TrialState.COMPLETE),
-                "pruned": states.count(TrialState.PRUNED),
-                "failed": states.count(TrialState.FAIL),
+                Outcome.COMPLETE.value: states.count(TrialState.COMPLETE),
+                Outcome.PRUNED.value: states.count(TrialState.PRUNED),
+                Outcome.FAILED.value: states.count(TrialState.FAIL),
                 "running": states.count(TrialState.RUNNING),
-                "best": best,
+                "best": best_value,
                 "lrsearch": SPEC_ATTR in s.user_attrs,
             }
         )

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from lrsearch.analysis.formats import format_rate
+from lrsearch.analysis.trials import complete_rows, ranked_rows
 from lrsearch.errors import LrsearchError
 from lrsearch.storage import stored_spec
 
@@ -92,11 +93,10 @@ def group_stats(
         One :class:`GroupStats` per group, in order.
     """
     maximize = direction == "maximize"
-    done = trials[(trials["state"] == "complete") & trials["value"].notna()]
-    ranked = done.sort_values(["value", "number"], ascending=[not maximize, True])
-    best = ranked.head(top)
+    done = complete_rows(trials)
+    best = ranked_rows(trials, maximize=maximize).head(top)
 
-    def pick(values: Any) -> float | None:
+    def best_of(values: Any) -> float | None:
         if len(values) == 0:
             return None
         return float(values.max() if maximize else values.min())
@@ -118,8 +118,8 @@ def group_stats(
             tried_frozen=int((trials[f"lr.{g}"] == 0).sum()),
             mean_trained=mean(trained),
             mean_frozen=mean(frozen),
-            best_trained=pick(trained),
-            best_frozen=pick(frozen),
+            best_trained=best_of(trained),
+            best_frozen=best_of(frozen),
             top=len(best),
             top_frozen=int((top_lr == 0).sum()),
             top_low=float(top_trained.min()) if len(top_trained) else None,

@@ -13,20 +13,18 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-# Not from lrsearch.search: that imports torch, and `lrsearch best` should start fast.
-from lrsearch import schema
 from lrsearch.analysis.studies import _open, _readable, study_groups
 from lrsearch.errors import LrsearchError
-from lrsearch.pick import cost
-from lrsearch.schema import OUTCOME_ATTR, REASON_ATTR
+from lrsearch.pick import cost, rank_key
+
+# Not from lrsearch.search: that imports torch, and `lrsearch best` should start fast.
+from lrsearch.schema import OUTCOME_ATTR, REASON_ATTR, STATES, Outcome
 from lrsearch.storage import load_study, trial_info
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
-# Every outcome a trial row can show, in the order tables and plots list them.
-STATES = schema.STATES
 # The columns every trials frame has besides the per-group and knob columns.
 _FIXED_COLUMNS = (
     "number",
@@ -41,10 +39,11 @@ _FIXED_COLUMNS = (
     "datetime_complete",
     "n_evaluations",
 )
+# A trial's outcome from Optuna's state, when lrsearch stored no word of its own.
 _STATE_NAMES = {
-    TrialState.COMPLETE: "complete",
-    TrialState.PRUNED: "pruned",
-    TrialState.FAIL: "failed",
+    TrialState.COMPLETE: Outcome.COMPLETE.value,
+    TrialState.PRUNED: Outcome.PRUNED.value,
+    TrialState.FAIL: Outcome.FAILED.value,
     TrialState.RUNNING: "running",
     TrialState.WAITING: "waiting",
 }
@@ -113,7 +112,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     cols["pruned_step"] = pd.Series(
         [
             max(t.intermediate_values)
-            if trial_state(t) in ("pruned", "diverged") and t.intermediate_values
+            if trial_state(t) in (Outcome.PRUNED, Outcome.DIVERGED) and t.intermediate_values
             else None
             for t in trials
         ],
@@ -228,3 +227,23 @@ def outcome_counts(trials: pd.DataFrame) -> dict[str, int]:
     """How many trials ended each way, every state of :data:`STATES` present (0 when none)."""
     counts = trials["state"].value_counts()
     return {s: int(counts.get(s, 0)) for s in STATES}
+
+
+def complete_rows(trials: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``trials`` that completed with a value."""
+    return trials[(trials["state"] == Outcome.COMPLETE) & trials["value"].notna()]
+
+
+def ranked_rows(trials: pd.DataFrame, *, maximize: bool) -> pd.DataFrame:
+    """:func:`complete_rows`, best first in :func:`lrsearch.pick.rank`'s order (ties: the earliest).
+
+    Args:
+        trials: From :func:`load_trials` (the ``state``, ``value`` and ``number`` columns).
+        maximize: The metric's direction.
+    """
+    done = complete_rows(trials)
+    keys = [
+        rank_key(float(v), int(n), maximize=maximize)
+        for v, n in zip(done["value"], done["number"], strict=True)
+    ]
+    return done.iloc[sorted(range(len(keys)), key=keys.__getitem__)]

@@ -13,10 +13,12 @@ import optuna
 from lrsearch.analysis import (
     GroupStats,
     Importance,
+    complete_rows,
     curves_frame,
     group_importance,
     group_stats,
     outcome_counts,
+    ranked_rows,
     searched_ranges,
     study_groups,
     trials_frame,
@@ -52,8 +54,7 @@ class ReportData:
 
     @property
     def complete(self) -> pd.DataFrame:
-        t = self.trials
-        return t[(t["state"] == "complete") & t["value"].notna()]
+        return complete_rows(self.trials)
 
     @property
     def best(self) -> pd.Series | None:
@@ -65,8 +66,7 @@ class ReportData:
             rows = done[done["number"] == self.best_number]
             if not rows.empty:
                 return rows.iloc[0]
-        ranked = done.sort_values(["value", "number"], ascending=[not self.maximize, True])
-        return ranked.iloc[0]
+        return ranked_rows(self.trials, maximize=self.maximize).iloc[0]
 
 
 def collect(storage: optuna.storages.BaseStorage | str | None, study_name: str) -> ReportData:

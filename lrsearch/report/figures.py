@@ -22,6 +22,7 @@ from lrsearch.report.colors import (
     TRAINED_BAR,
 )
 from lrsearch.report.data import ReportData
+from lrsearch.schema import Outcome
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -95,7 +96,7 @@ def _history(data: ReportData) -> Figure:
         f"{data.study}: the metric of every trial, and the best so far", loc="left", fontsize=12
     )
     done = data.complete
-    pruned = t[(t["state"] == "pruned") & t["value"].notna()]
+    pruned = t[(t["state"] == Outcome.PRUNED) & t["value"].notna()]
     if done.empty and pruned.empty:
         _note(ax, "no trial has a value yet")
     else:
@@ -161,11 +162,11 @@ def _scatter_outcomes(ax: Axes, xs: list[float], rows: pd.DataFrame) -> None:
     without a value as marks along the bottom edge."""
     states = list(rows["state"])
     values = list(rows["value"])
-    for state, face, edge, z in (
-        ("complete", COMPLETE, COMPLETE, 3),
-        ("pruned", "none", PRUNED, 2),
+    for outcome, face, edge, z in (
+        (Outcome.COMPLETE, COMPLETE, COMPLETE, 3),
+        (Outcome.PRUNED, "none", PRUNED, 2),
     ):
-        picked = [(x, v) for x, v, s in zip(xs, values, states, strict=True) if s == state]
+        picked = [(x, v) for x, v, s in zip(xs, values, states, strict=True) if s == outcome]
         if picked:
             ax.scatter(
                 [x for x, _ in picked],
@@ -205,7 +206,7 @@ def _rates(data: ReportData) -> Figure:
         _note(fig.add_subplot(), "the study has no groups yet")
         return fig
     t = data.trials
-    shown = t[t["state"].isin(["complete", "pruned", *NO_VALUE])]
+    shown = t[t["state"].isin([Outcome.COMPLETE, Outcome.PRUNED, *NO_VALUE])]
     best = data.best
     top = data.stats[0].top if data.stats else 0
     values = shown["value"].dropna()
@@ -304,16 +305,16 @@ def _curves(data: ReportData) -> Figure:
         state = rows["state"].iloc[0]
         if number == best_number:
             continue  # drawn last, on top
-        color = {"complete": COMPLETE, "diverged": DIVERGED}.get(state, PRUNED)
+        color = {Outcome.COMPLETE: COMPLETE, Outcome.DIVERGED: DIVERGED}.get(state, PRUNED)
         ax.plot(rows["step"], rows["value"], color=color, lw=1, alpha=0.55)
-        if state in ("pruned", "diverged"):
+        if state in (Outcome.PRUNED, Outcome.DIVERGED):
             ax.plot(
                 rows["step"].iloc[-1:],
                 rows["value"].iloc[-1:],
                 marker="x",
                 ms=8,
                 mew=2,
-                color=DIVERGED if state == "diverged" else "#e6550d",
+                color=DIVERGED if state == Outcome.DIVERGED else "#e6550d",
                 ls="none",
             )
     if best_number is not None:
@@ -325,12 +326,14 @@ def _curves(data: ReportData) -> Figure:
     ax.grid(alpha=0.3)
     present = set(c["state"])
     # A key only for what is drawn: an entry with nothing behind it sends readers looking.
-    handles = [Line2D([], [], color=COMPLETE, label="complete")] if "complete" in present else []
-    if "pruned" in present:
+    handles = (
+        [Line2D([], [], color=COMPLETE, label="complete")] if Outcome.COMPLETE in present else []
+    )
+    if Outcome.PRUNED in present:
         handles.append(
             Line2D([], [], color=PRUNED, marker="x", mec="#e6550d", mew=2, label="pruned here")
         )
-    if "diverged" in present:
+    if Outcome.DIVERGED in present:
         handles.append(
             Line2D([], [], color=DIVERGED, marker="x", mew=2, label="diverged after this")
         )

@@ -11,6 +11,7 @@ from lrsearch.analysis import format_rate
 from lrsearch.report.colors import COMPLETE, DIVERGED, FAILED, PRUNED
 from lrsearch.report.data import ReportData
 from lrsearch.report.figures import FIGURES
+from lrsearch.schema import Outcome
 
 # What each plot shows, for the page (and for alt text).
 CAPTIONS = {
@@ -66,11 +67,11 @@ footer { color: #888; font-size: 12px; margin-top: 32px; }
 """
 
 _STATE_COLORS = {
-    "complete": COMPLETE,
-    "pruned": PRUNED,
-    "diverged": DIVERGED,
-    "failed": FAILED,
-    "interrupted": "#9467bd",
+    Outcome.COMPLETE: COMPLETE,
+    Outcome.PRUNED: PRUNED,
+    Outcome.DIVERGED: DIVERGED,
+    Outcome.FAILED: FAILED,
+    Outcome.INTERRUPTED: "#9467bd",
     "running": "#17becf",
     "waiting": "#bbbbbb",
 }
@@ -86,7 +87,9 @@ def render_html(data: ReportData, images: dict[str, bytes]) -> str:
     e = html.escape
     total = len(data.trials)
     shown_states = [
-        s for s, n in data.counts.items() if n or s in ("complete", "pruned", "diverged", "failed")
+        s
+        for s, n in data.counts.items()
+        if n or s in (Outcome.COMPLETE, Outcome.PRUNED, Outcome.DIVERGED, Outcome.FAILED)
     ]
     counts = "".join(
         f'<span><i class="dot" style="background:{_STATE_COLORS[s]}"></i>'
