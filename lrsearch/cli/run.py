@@ -237,7 +237,7 @@ def launch(
     n_trials: int | None,
 ) -> None:
     """Create or check the study in SPEC and run N local workers on it, shown as one view."""
-    from lrsearch.launch import Launcher, assign_devices
+    from lrsearch.launch import Launcher, LaunchOptions, assign_devices
 
     try:  # a usage error, before the study file is read
         assign_devices(n_workers, devices)
@@ -245,11 +245,9 @@ def launch(
         raise click.UsageError(str(e)) from None
     launcher = Launcher(
         spec_file,
-        n_workers=n_workers,
-        devices=devices,
-        storage=storage,
-        study=study,
-        n_trials=n_trials,
+        LaunchOptions(
+            n_workers=n_workers, devices=devices, storage=storage, study=study, n_trials=n_trials
+        ),
     )
     result = launcher.run()
     if result.create_returncode == 0:

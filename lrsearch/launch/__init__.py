@@ -33,7 +33,7 @@ processes: started, relayed, stopped).
 
 from __future__ import annotations
 
-from lrsearch.launch.launcher import POLL_INTERVAL_S, STOP_TIMEOUT_S, Launcher
+from lrsearch.launch.launcher import POLL_INTERVAL_S, STOP_TIMEOUT_S, Launcher, LaunchOptions
 from lrsearch.launch.plan import (
     STORAGE_ENV,
     STORAGE_FILE_ENV,
@@ -54,6 +54,7 @@ __all__ = [
     "STOP_TIMEOUT_S",
     "STORAGE_ENV",
     "STORAGE_FILE_ENV",
+    "LaunchOptions",
     "LaunchResult",
     "Launcher",
     "Progress",

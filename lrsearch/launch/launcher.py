@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -39,12 +39,12 @@ class _Proc:
         self.threads: list[threading.Thread] = []
 
 
-class Launcher:
-    """Starts and watches the worker processes of one launch.
+@dataclass(frozen=True, kw_only=True)
+class LaunchOptions:
+    """How to launch: the workers, the study they share, and how the launcher watches them.
 
-    Args:
-        spec_file: The study file (its ``[study] n_trials`` is the budget unless ``n_trials``).
-        n_workers: Worker processes; default one per device.
+    Attributes:
+        n_workers: Worker processes; ``None``: one per device.
         devices: GPU indices or UUIDs; ``None`` leaves each worker its default device.
         storage: Storage URL; ``None`` resolves as ``lrsearch.storage.resolve_url``.
         study: Study name; default ``[study] name``.
@@ -53,42 +53,54 @@ class Launcher:
         stop_timeout: Seconds a stopped worker gets before SIGKILL.
         progress: Whether to show the progress bar (worker lines are relayed either way).
         python: The interpreter that runs ``lrsearch.cli``.
+    """
+
+    n_workers: int | None
+    devices: Sequence[str] | None = None
+    storage: str | None = None
+    study: str | None = None
+    n_trials: int | None = None
+    poll_interval: float = POLL_INTERVAL_S
+    stop_timeout: float = STOP_TIMEOUT_S
+    progress: bool = True
+    python: str = sys.executable
+
+
+class Launcher:
+    """Starts and watches the worker processes of one launch.
+
+    Example::
+
+        Launcher("study.toml", LaunchOptions(n_workers=4, storage="sqlite:///s.db")).run()
+
+    Args:
+        spec_file: The study file (its ``[study] n_trials`` is the budget unless
+            ``options.n_trials``).
+        options: The workers, the study and how to watch them.
 
     Raises:
         SpecError: The study file is invalid (nothing is started).
         ValueError: A bad worker or device count.
     """
 
-    def __init__(
-        self,
-        spec_file: str | Path,
-        *,
-        n_workers: int | None,
-        devices: Sequence[str] | None = None,
-        storage: str | None = None,
-        study: str | None = None,
-        n_trials: int | None = None,
-        poll_interval: float = POLL_INTERVAL_S,
-        stop_timeout: float = STOP_TIMEOUT_S,
-        progress: bool = True,
-        python: str = sys.executable,
-    ) -> None:
+    def __init__(self, spec_file: str | Path, options: LaunchOptions) -> None:
         from lrsearch.spec import load_spec
         from lrsearch.storage import mask_url, resolve_url
 
         spec = load_spec(spec_file)
         self.spec_file = Path(spec_file)
-        self.url = resolve_url(storage)
+        self.options = options
+        self.url = resolve_url(options.storage)
         self.shown_url = mask_url(self.url)
-        self.study = study or spec.study.name
-        self.budget = n_trials if n_trials is not None else spec.study.n_trials
+        self.study = options.study or spec.study.name
+        self.budget = options.n_trials if options.n_trials is not None else spec.study.n_trials
         self.workers = plan_workers(
             study=self.study,
             url=self.url,
             budget=self.budget,
-            n_workers=n_workers,
-            devices=devices,
-            python=python,
+            n_workers=options.n_workers,
+            devices=options.devices,
+            python=options.python,
             allow_task=spec.task.entry,
         )
         # Workers read the spec from the study, not the file: the file's folder, where `run` looks
@@ -98,11 +110,7 @@ class Launcher:
             replace(w, env={**w.env, "PYTHONPATH": path_with(w.env.get("PYTHONPATH"), folder)})
             for w in self.workers
         ]
-        self.python = python
-        self.poll_interval = poll_interval
-        self.stop_timeout = stop_timeout
-        self.show_progress = progress
-        self._view = ProgressView(self.study, self.budget, enabled=progress)
+        self._view = ProgressView(self.study, self.budget, enabled=options.progress)
         self._lines: queue.Queue[tuple[_Proc, bool, str | None]] = queue.Queue()
         self._signals: list[int] = []  # appended by the signal handler, read by the loop
         self._storage: Any = None
@@ -263,7 +271,7 @@ class Launcher:
 
     def _create(self) -> int:
         """``lrsearch create`` as a process of its own; returns its exit code."""
-        argv = [self.python, "-m", "lrsearch.cli", "create", str(self.spec_file)]
+        argv = [self.options.python, "-m", "lrsearch.cli", "create", str(self.spec_file)]
         argv += ["--study", self.study]
         proc = self._start("create", None, argv, child_env(os.environ, self.url))
         stopped = False
@@ -286,7 +294,7 @@ class Launcher:
         live = list(procs)
         seen_signals = 0
         stop_deadline: float | None = None
-        next_poll = time.monotonic() + self.poll_interval
+        next_poll = time.monotonic() + self.options.poll_interval
         while live:
             self._relay(0.1)
             for p in list(live):
@@ -302,16 +310,16 @@ class Launcher:
                 seen_signals = len(self._signals)
                 result.interrupted = True
                 if stop_deadline is None:
-                    stop_deadline = time.monotonic() + self.stop_timeout
+                    stop_deadline = time.monotonic() + self.options.stop_timeout
                     self._stop(live)
                 else:
                     self._kill(live, "on a second interrupt")
             if stop_deadline is not None and live and time.monotonic() > stop_deadline:
-                self._kill(live, f"after {self.stop_timeout:g} s")
+                self._kill(live, f"after {self.options.stop_timeout:g} s")
                 stop_deadline = math.inf
             if time.monotonic() >= next_poll:
                 self._view.show(self._poll(), 0)
-                next_poll = time.monotonic() + self.poll_interval
+                next_poll = time.monotonic() + self.options.poll_interval
         self._relay(0)
         return procs
 
