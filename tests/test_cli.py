@@ -479,9 +479,9 @@ def test_one_line(message: str, expected: str) -> None:
 def test_progress_bar_times_the_first_trial_too() -> None:
     from types import SimpleNamespace
 
-    from lrsearch.cli import _ProgressBar
+    from lrsearch.cli.text import ProgressBar
 
-    bar = _ProgressBar()
+    bar = ProgressBar()
     bar.started -= 50.0  # as if the first trial took 50 s
     summary = SimpleNamespace(
         budget=3, already_finished=0, study="s", count=lambda _: 0, best_value=None
@@ -498,11 +498,11 @@ def test_progress_bar_times_the_first_trial_too() -> None:
 def test_the_progress_bar_and_the_summary_agree_on_every_count() -> None:
     import re
 
-    from lrsearch.cli import _ProgressBar, _summary_text
+    from lrsearch.cli.text import ProgressBar, summary_text
     from lrsearch.search import SearchSummary, TrialOutcome
 
     summary = SearchSummary("s", "sqlite:///x.db", "maximize", 5, False, 0)
-    bar = _ProgressBar()
+    bar = ProgressBar()
     for i, outcome in enumerate(["complete", "pruned", "diverged", "pruned", "failed"]):
         summary.outcomes.append(TrialOutcome(i, outcome, 0.5, {"head": 1e-3}, 0.1))
         bar.update(summary.outcomes[-1], summary)
@@ -510,7 +510,7 @@ def test_the_progress_bar_and_the_summary_agree_on_every_count() -> None:
         shown = bar.bar.format_dict["postfix"]
     finally:
         bar.close()
-    line = _summary_text(summary).splitlines()[1]
+    line = summary_text(summary).splitlines()[1]
     in_line = {
         word: int(n) for n, word in re.findall(r"(\d+) (complete|pruned|diverged|failed)", line)
     }

@@ -17,7 +17,8 @@ from click.testing import CliRunner, Result
 from conftest import SpecWriter, toy_spec_data
 from torch import nn
 
-from lrsearch.cli import _ProgressBar, main
+from lrsearch.cli import main
+from lrsearch.cli.text import ProgressBar
 from lrsearch.errors import GroupError, SpecError, StorageError
 from lrsearch.groups import resolve_groups
 from lrsearch.limits import MAX_GROUPS, MAX_STUDY_NAME, SEED_RANGE
@@ -200,7 +201,7 @@ def test_warnings_print_above_the_progress_bar(
 ) -> None:
     # As outside pytest: no handler on the root logger, so warnings reach stderr as they do there.
     monkeypatch.setattr(logging.getLogger(), "handlers", [])
-    bar = _ProgressBar()
+    bar = ProgressBar()
     bar.update(None, _Summary())
     message = "lrsearch: storage 'x': connection lost; trying again for up to 60 s"
     logging.getLogger("lrsearch").warning(message)

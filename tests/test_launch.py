@@ -28,6 +28,7 @@ from lrsearch.cli import main
 from lrsearch.launch import (
     EXIT_INTERRUPTED,
     Launcher,
+    LaunchOptions,
     LaunchResult,
     Progress,
     WorkerExit,
@@ -286,10 +287,9 @@ def test_a_failing_worker_fails_the_launch_and_is_named(
 ) -> None:
     monkeypatch.setenv("FAKE_MODE", "fail")
     url = "postgresql+psycopg://lr:s3cret-pw@127.0.0.1:1/none?connect_timeout=1"
-    launcher = Launcher(
-        make_spec(), n_workers=2, devices=["0", "1"], storage=url, python=fake_python,
-        progress=False,
-    )  # fmt: skip
+    launcher = Launcher(make_spec(), LaunchOptions(
+        n_workers=2, devices=["0", "1"], storage=url, python=fake_python, progress=False,
+    ))  # fmt: skip
     result = launcher.run()
     out, err = capsys.readouterr()
     assert [w.returncode for w in result.workers] == [0, 3]  # w0 went on to its end
@@ -317,10 +317,10 @@ def test_workers_sharing_one_gpu_are_each_started_on_it(
     assert command is not None
     parsed = command.make_context("launch", [str(make_spec()), "--devices", "0,0,0"])
     assert parsed.params["devices"] == ["0", "0", "0"]  # as the CLI reads it
-    launcher = Launcher(
-        make_spec(), n_workers=parsed.params["n_workers"], devices=parsed.params["devices"],
+    launcher = Launcher(make_spec(), LaunchOptions(
+        n_workers=parsed.params["n_workers"], devices=parsed.params["devices"],
         storage=f"sqlite:///{tmp_path / 'none.db'}", python=fake_python, progress=False,
-    )  # fmt: skip
+    ))  # fmt: skip
     result = launcher.run()
     assert result.exit_code == 0 and [w.returncode for w in result.workers] == [0, 0, 0]
     assert len({w.pid for w in result.workers}) == 3
@@ -340,10 +340,10 @@ def test_workers_that_ignore_the_stop_are_killed(
     ready = tmp_path / "ready"
     ready.mkdir()
     monkeypatch.setenv("FAKE_READY", str(ready))
-    launcher = Launcher(
-        make_spec(), n_workers=2, storage=f"sqlite:///{tmp_path / 'none.db'}",
+    launcher = Launcher(make_spec(), LaunchOptions(
+        n_workers=2, storage=f"sqlite:///{tmp_path / 'none.db'}",
         python=fake_python, stop_timeout=1.0, progress=False,
-    )  # fmt: skip
+    ))  # fmt: skip
 
     def stop_when_ready() -> None:
         _wait_for(lambda: len(list(ready.iterdir())) == 2, "both workers to ignore SIGTERM")

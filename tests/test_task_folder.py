@@ -108,10 +108,12 @@ def test_a_missing_module_says_where_it_was_looked_for(
 def test_launched_workers_search_the_study_files_folder(
     tmp_path: Path, module: str, study_name: str
 ) -> None:
-    from lrsearch.launch import Launcher
+    from lrsearch.launch import Launcher, LaunchOptions
 
     spec_file = _write_study(tmp_path / "studies", module, study_name)
-    launcher = Launcher(spec_file, n_workers=2, storage=f"sqlite:///{tmp_path / 's.db'}")
+    launcher = Launcher(
+        spec_file, LaunchOptions(n_workers=2, storage=f"sqlite:///{tmp_path / 's.db'}")
+    )
     for worker in launcher.workers:
         paths = worker.env["PYTHONPATH"].split(os.pathsep)
         assert str((tmp_path / "studies").resolve()) in paths

@@ -18,7 +18,8 @@ from click.testing import CliRunner, Result
 from conftest import RUN_PREFIX, snapshot_trials
 
 import lrsearch
-from lrsearch.cli import _fmt, main
+from lrsearch.cli import main
+from lrsearch.cli.text import fmt
 from lrsearch.errors import LrsearchError, StudyNotFoundError, TrialFailure
 from lrsearch.search import run_search
 from lrsearch.spec import StudySpec, load_spec
@@ -103,9 +104,9 @@ def test_verify_on_the_quickstart_prints_and_stores_every_seed(quickstart: Quick
             assert run["outcome"] == "complete" and 0.0 <= run["value"] <= 1.0
             assert datetime.fromisoformat(run["at"]).tzinfo is not None
             assert run["device"] == "cpu" and run["seconds"] > 0
-            assert _fmt(run["value"]) in out  # each seed's value is printed
+            assert fmt(run["value"]) in out  # each seed's value is printed
         stats = summarize([r["value"] for r in record["runs"]])
-        assert _fmt(stats["mean"]) in out and _fmt(stats["std"]) in out
+        assert fmt(stats["mean"]) in out and fmt(stats["std"]) in out
     if best.number != 0:
         assert "reference  0" in out and "winner - reference: " in out
     # Verification writes study attributes only.
