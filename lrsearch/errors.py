@@ -16,6 +16,9 @@ The exit code is the error class's ``exit_code``, by one rule:
 
 from __future__ import annotations
 
+# The exit status of a command stopped by Ctrl-C / SIGTERM (128 + SIGINT, as a shell reports it).
+EXIT_INTERRUPTED = 130
+
 
 class LrsearchError(Exception):
     """Base of every error a user can fix; its message names the problem and the fix."""

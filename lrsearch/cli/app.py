@@ -12,9 +12,7 @@ from typing import Any
 import click
 
 from lrsearch import __version__
-from lrsearch.errors import LrsearchError
-
-EXIT_INTERRUPTED = 130
+from lrsearch.errors import EXIT_INTERRUPTED, LrsearchError
 
 
 class _Cli(click.Group):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lrsearch.errors import EXIT_INTERRUPTED
 from lrsearch.launch.progress import Progress
-
-EXIT_INTERRUPTED = 130
 
 
 @dataclass
