@@ -1,298 +1,35 @@
-"""Study files: TOML in, frozen dataclasses out, every problem reported at once.
-
-A study file has the sections ``study``, ``task``, ``groups``, ``space``, ``train``, ``pruner`` and
-``sampler`` (docs/study-file.md, "Study file reference", lists every key). Unknown keys are errors,
-because a typo in a learning-rate search silently searches the wrong thing. The same reader checks
-a spec stored inside a study (``StudySpec.from_dict``), so a worker rebuilding a study from the
-database gets the same checks.
-"""
+"""Reading TOML tables into the sections of ``lrsearch.spec.model``, every problem collected."""
 
 from __future__ import annotations
 
 import math
-import re
-import sys
-from dataclasses import asdict, dataclass, field, replace
-from fnmatch import fnmatchcase
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from lrsearch.errors import SpecError
 from lrsearch.limits import MAX_GROUPS, SEED_RANGE, study_name_problem
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-SECTIONS = ("study", "task", "groups", "space", "train", "pruner", "sampler", "winner")
-OPTIMIZERS = ("adamw", "adam", "sgd")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SCHEDULES = ("constant", "warmup_cosine", "warmup_linear")
-PRUNERS = ("hyperband", "successive_halving", "median", "none")
-SAMPLERS = ("tpe", "gp", "random", "auto")
-# How a per_group study starts: the sampler's own start-up trials, or a one-rate sweep (enqueued).
-STARTS = ("sampler", "single")
-SPACE_KINDS = ("per_group", "layer_decay", "single")
-FREEZE_MODES = ("any", "prefix")
-# Keys of [space] that the chosen kind of space never reads, and the kind that does.
-_IGNORED_BY_KIND = {
-    "per_group": ("decay", "head", "head_multiplier"),
-    "layer_decay": ("lr_ranges", "start", "start_trials"),
-    "single": ("decay", "head", "head_multiplier", "lr_ranges", "start", "start_trials"),
-}
-_EXECUTION_KEYS = ("cache_mb", "cache_dir", "batch_trials")
-_GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-_ENTRY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-
-@dataclass(frozen=True)
-class StudySection:
-    name: str
-    direction: Literal["maximize", "minimize"] | None = None
-    n_trials: int = 20
-    timeout: float | None = None
-    seed: int | None = None
-    # Seconds between a running trial's heartbeats, and without one before it counts as lost
-    # (its worker died): lrsearch.search then fails it and queues its parameters again.
-    heartbeat_interval: int = 10
-    grace_period: int = 30
-    # A second objective, minimised: the trial's training cost (lrsearch.pick says how it is
-    # measured). None: one objective, the task's metric.
-    cost: Literal["seconds", "examples"] | None = None
-
-
-@dataclass(frozen=True)
-class TaskSection:
-    entry: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    # The study file's folder, where the entry's module is looked for too (tasks.load_task);
-    # where the file is, not what it searches: never stored, never compared.
-    folder: str | None = field(default=None, compare=False, metadata={"in_file": False})
-
-
-@dataclass(frozen=True)
-class GroupsSection:
-    """Ordered ``(group, patterns)`` pairs, or ``auto_depth``: a group per module at that depth."""
-
-    patterns: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    auto_depth: int | None = None
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.patterns)
-
-
-@dataclass(frozen=True)
-class SpaceSection:
-    kind: Literal["per_group", "layer_decay", "single"] = "per_group"
-    lr: tuple[float, float] = (1e-5, 1e-1)
-    lr_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
-    freeze: tuple[str, ...] = ()
-    freeze_mode: Literal["any", "prefix"] = "any"
-    fixed: dict[str, float] = field(default_factory=dict)
-    decay: tuple[float, float] = (0.5, 1.0)
-    head: tuple[str, ...] = ()
-    head_multiplier: tuple[float, float] = (1.0, 100.0)
-    weight_decay: float | tuple[float, float] | None = None
-    # per_group only: "single" spends the first start_trials trials on a one-rate sweep (every
-    # searched group the same rate, spread log-uniformly over the range; lrsearch.space), so the
-    # per-group search starts from what a one-rate search would find.
-    start: Literal["sampler", "single"] = "sampler"
-    start_trials: int = 8
-
-
-@dataclass(frozen=True)
-class TrainSection:
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 32
-    eval_batch_size: int = 256
-    eval_every: int = 0
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    schedule: Literal["constant", "warmup_cosine", "warmup_linear"] = "constant"
-    warmup_ratio: float = 0.0
-    grad_clip: float | None = None
-    momentum: float = 0.9
-    freeze_batchnorm: bool = True
-    # Trials trained together in one stacked model step (lrsearch.training.stacked); 1 = one at a
-    # time.
-    # Pays on a GPU with a small model; trials that cannot stack fall back to one at a time.
-    batch_trials: int = 1
-    # true, false, or "auto": per prefix, cached only where a timed trial shows it pays.
-    prefix_cache: bool | Literal["auto"] = False
-    cache_mb: int = 512
-    cache_dir: str | None = None
-
-
-@dataclass(frozen=True)
-class PrunerSection:
-    kind: Literal["hyperband", "successive_halving", "median", "none"] = "median"
-    min_resource: int = 1
-    reduction_factor: int = 3
-    n_startup_trials: int = 5
-    n_warmup_steps: int = 0
-
-
-@dataclass(frozen=True)
-class SamplerSection:
-    kind: Literal["tpe", "gp", "random", "auto"] = "tpe"
-    n_startup_trials: int = 10
-    multivariate: bool = True
-    # TPE's group decomposition (a conditional parameter modelled only where it was sampled);
-    # None: the same as multivariate. Optuna needs multivariate for it.
-    group: bool | None = None
-
-
-@dataclass(frozen=True)
-class WinnerSection:
-    """Noise-aware winners (lrsearch.confirm): after the search, the ``top_k`` best trials are
-    retrained with ``reseeds`` more seeds each, counted in ``[study] n_trials``, and ranked by
-    their mean; 0 reseeds: the winner is the best single value."""
-
-    reseeds: int = 0
-    top_k: int = 3
-
-
-@dataclass(frozen=True)
-class StudySpec:
-    """A whole study file, checked."""
-
-    study: StudySection
-    task: TaskSection
-    groups: GroupsSection
-    space: SpaceSection
-    train: TrainSection
-    pruner: PrunerSection
-    sampler: SamplerSection
-    winner: WinnerSection = field(default_factory=WinnerSection)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict that :meth:`from_dict` reads back to an equal spec."""
-        # TOML has no null: an unset optional key is left out, as it was in the file.
-        data = {
-            section: {k: v for k, v in values.items() if v is not None}
-            for section, values in asdict(self).items()
-        }
-        for key in _IGNORED_BY_KIND[self.space.kind]:
-            data["space"].pop(key, None)
-        data["task"].pop("folder", None)
-        data["groups"] = (
-            {"auto_depth": self.groups.auto_depth}
-            if self.groups.auto_depth
-            else {name: list(patterns) for name, patterns in self.groups.patterns}
-        )
-        return _jsonable(data)
-
-    def search_dict(self) -> dict[str, Any]:
-        """The parts that define what a study searches: all but its name and budget."""
-        data = self.to_dict()
-        data["study"] = {
-            k: v for k, v in data["study"].items() if k in ("direction", "seed", "cost")
-        }
-        # How a machine executes trials, not what they compute: a worker may differ (its own
-        # cache folder, memory, batching, which gives the same results within rounding).
-        for key in _EXECUTION_KEYS:
-            data["train"].pop(key, None)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "<spec>") -> StudySpec:
-        """Check ``data`` (the TOML's tables) and build a spec.
-
-        Raises:
-            SpecError: Listing every problem found, not only the first.
-        """
-        return _Reader(source).read(data)
-
-
-def load_spec(path: str | Path) -> StudySpec:
-    """Read and check a study file.
-
-    Raises:
-        SpecError: The file is missing, is not valid TOML, or has any problem (all listed together).
-    """
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise SpecError(str(p), ["file not found; check the path to the study file"]) from e
-    except OSError as e:
-        raise SpecError(str(p), [f"cannot read the file: {e.strerror}"]) from e
-    except UnicodeDecodeError as e:
-        # A binary file or another encoding: without this a traceback reaches the user.
-        raise SpecError(str(p), [f"not UTF-8 text ({e.reason} at byte {e.start})"]) from e
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(str(p), [f"invalid TOML: {e}"]) from e
-    spec = StudySpec.from_dict(data, source=str(p))
-    return replace(spec, task=replace(spec.task, folder=str(p.resolve().parent)))
-
-
-def group_ref_problems(space: SpaceSection, group_names: tuple[str, ...]) -> list[str]:
-    """Problems with group names referenced by ``[space]`` (freeze, fixed, lr_ranges, head)."""
-    problems = []
-    known = ", ".join(group_names)
-    refs: list[tuple[str, str]] = [("freeze", p) for p in space.freeze]
-    refs += [("head", p) for p in space.head]
-    refs += [("fixed", g) for g in space.fixed]
-    refs += [("lr_ranges", g) for g in space.lr_ranges]
-    for key, ref in refs:
-        if not any(fnmatchcase(g, ref) for g in group_names):
-            problems.append(f"[space] {key}: {ref!r} names no group; the groups are: {known}")
-    if space.freeze_mode == "prefix":
-        problems += _prefix_problems(space, group_names)
-    if space.kind == "layer_decay":
-        heads = {g for g in group_names if any(fnmatchcase(g, h) for h in space.head)}
-        if not [g for g in group_names if g not in heads]:
-            problems.append(
-                "[space] head: every group is a head group, so layer_decay has no layers to decay; "
-                "name only the head groups in head"
-            )
-    return problems
-
-
-def fixed_rate(space: SpaceSection, group: str) -> float | None:
-    """The rate ``[space] fixed`` gives ``group`` (its first matching pattern); None: searched."""
-    for pattern, lr in space.fixed.items():
-        if fnmatchcase(group, pattern):
-            return lr
-    return None
-
-
-def _prefix_problems(space: SpaceSection, group_names: tuple[str, ...]) -> list[str]:
-    """``freeze_mode = "prefix"`` freezes the lowest freeze groups first: below the highest of
-    them, every group must be one too, or be fixed at 0 (frozen for good). A fixed group is not
-    searched, so a ``freeze`` pattern that matches it does not make it freezable."""
-    freezable = [
-        i
-        for i, g in enumerate(group_names)
-        if fixed_rate(space, g) is None and any(fnmatchcase(g, p) for p in space.freeze)
-    ]
-    if not freezable:
-        return []
-    gaps = [
-        g
-        for i, g in enumerate(group_names[: freezable[-1]])
-        if i not in freezable and fixed_rate(space, g) != 0
-    ]
-    if not gaps:
-        return []
-    return [
-        f"[space] freeze_mode: 'prefix' freezes groups from the bottom up, but {', '.join(gaps)} "
-        f"lies below {group_names[freezable[-1]]!r} and may not be frozen; add it to freeze, "
-        "fix it at 0, or set freeze_mode = 'any'"
-    ]
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
+from lrsearch.spec.model import (
+    _ENTRY,
+    _GROUP_NAME,
+    _IGNORED_BY_KIND,
+    FREEZE_MODES,
+    OPTIMIZERS,
+    PRECISIONS,
+    PRUNERS,
+    SAMPLERS,
+    SCHEDULES,
+    SECTIONS,
+    SPACE_KINDS,
+    STARTS,
+    GroupsSection,
+    PrunerSection,
+    SamplerSection,
+    SpaceSection,
+    StudySection,
+    TaskSection,
+    TrainSection,
+    WinnerSection,
+)
+from lrsearch.spec.rules import group_ref_problems
 
 
 class _Reader:
@@ -305,7 +42,12 @@ class _Reader:
     def problem(self, where: str, message: str) -> None:
         self.problems.append(f"{where}: {message}")
 
-    def read(self, data: dict[str, Any]) -> StudySpec:
+    def read(self, data: dict[str, Any]) -> tuple[Any, ...]:
+        """The sections in ``SECTIONS`` order, checked.
+
+        Raises:
+            SpecError: Listing every problem found.
+        """
         if not isinstance(data, dict):
             raise SpecError(self.source, ["a spec must be a table of sections"])
         for name in data:
@@ -337,7 +79,7 @@ class _Reader:
         self.budget_problems(study, space, winner)
         if self.problems:
             raise SpecError(self.source, self.problems)
-        return StudySpec(study, task, groups, space, train, pruner, sampler, winner)
+        return (study, task, groups, space, train, pruner, sampler, winner)
 
     def budget_problems(self, study: StudySection, space: SpaceSection, w: WinnerSection) -> None:
         reserved = w.reseeds * w.top_k
