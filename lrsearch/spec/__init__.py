@@ -6,20 +6,24 @@ keys are errors, because a typo in a learning-rate search silently searches the 
 same reader checks a spec stored inside a study (``StudySpec.from_dict``), so a worker rebuilding a
 study from the database gets the same checks.
 
-Who owns what (imports flow down this list):
+Who owns what (each imports only those above it):
 
-- ``model``: the sections as frozen dataclasses (``StudySection`` ... ``WinnerSection``) and the
-  words their keys may take (``OPTIMIZERS``, ``SECTIONS`` ...).
-- ``rules``: rules between ``[space]`` and the group names (``group_ref_problems``,
-  ``fixed_rate``), also used by ``lrsearch.space`` and ``lrsearch.init``.
-- ``validate``: reading TOML tables into sections, collecting every problem.
-- ``load``: the whole file, ``StudySpec`` (``from_dict``, ``to_dict``, ``search_dict``), and
-  ``load_spec``, which reads it from disk.
+- ``validate``: reading TOML tables into dataclasses, driven by their fields (type, default,
+  ``metadata`` for bounds and rules), every problem collected; it declares no section.
+- ``checks``: the study file's rules a field's type cannot say (a range per group, a name
+  Optuna can store, a key that needs another), cited in the fields' metadata.
+- ``model``: the sections as frozen dataclasses (``StudySection`` ... ``WinnerSection``), each
+  key written once, and the words keys may take (``OPTIMIZERS`` ...).
+- ``rules``: ``[groups]`` (its keys are the group names) and rules between sections: what
+  ``[space]`` names (``group_ref_problems``, ``fixed_rate``, also used by ``lrsearch.space`` and
+  ``lrsearch.init``), ``cost`` against pruning, the trial budget.
+- ``load``: the whole file, ``StudySpec`` (``from_dict``, ``to_dict``, ``search_dict``) and its
+  ``SECTIONS``, and ``load_spec``, which reads it from disk.
 """
 
 from __future__ import annotations
 
-from lrsearch.spec.load import StudySpec, load_spec, tomllib
+from lrsearch.spec.load import SECTIONS, StudySpec, load_spec, tomllib
 from lrsearch.spec.model import (
     FREEZE_MODES,
     OPTIMIZERS,
@@ -27,7 +31,6 @@ from lrsearch.spec.model import (
     PRUNERS,
     SAMPLERS,
     SCHEDULES,
-    SECTIONS,
     SPACE_KINDS,
     STARTS,
     GroupsSection,

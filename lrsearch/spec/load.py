@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from lrsearch.errors import SpecError
 from lrsearch.spec.model import (
-    _EXECUTION_KEYS,
-    _IGNORED_BY_KIND,
     GroupsSection,
     PrunerSection,
     SamplerSection,
@@ -19,8 +17,11 @@ from lrsearch.spec.model import (
     TaskSection,
     TrainSection,
     WinnerSection,
+    execution_keys,
+    ignored_by_kind,
 )
-from lrsearch.spec.validate import _Reader
+from lrsearch.spec.rules import between_sections, read_groups
+from lrsearch.spec.validate import Reader
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,8 +34,10 @@ class StudySpec:
     """A whole study file, checked."""
 
     study: StudySection
-    task: TaskSection
-    groups: GroupsSection
+    task: TaskSection = field(
+        metadata={"absent": 'section is required (entry = "package.module:function")'}
+    )
+    groups: GroupsSection = field(metadata={"read": read_groups})
     space: SpaceSection
     train: TrainSection
     pruner: PrunerSection
@@ -48,9 +51,12 @@ class StudySpec:
             section: {k: v for k, v in values.items() if v is not None}
             for section, values in asdict(self).items()
         }
-        for key in _IGNORED_BY_KIND[self.space.kind]:
+        for key in ignored_by_kind(self.space.kind):
             data["space"].pop(key, None)
-        data["task"].pop("folder", None)
+        for table in fields(self):
+            for f in fields(getattr(self, table.name)):
+                if not f.metadata.get("in_file", True):
+                    data[table.name].pop(f.name, None)
         data["groups"] = (
             {"auto_depth": self.groups.auto_depth}
             if self.groups.auto_depth
@@ -66,7 +72,7 @@ class StudySpec:
         }
         # How a machine executes trials, not what they compute: a worker may differ (its own
         # cache folder, memory, batching, which gives the same results within rounding).
-        for key in _EXECUTION_KEYS:
+        for key in execution_keys():
             data["train"].pop(key, None)
         return data
 
@@ -77,7 +83,23 @@ class StudySpec:
         Raises:
             SpecError: Listing every problem found, not only the first.
         """
-        return cls(*_Reader(source).read(data))
+        reader = Reader(source)
+        spec = reader.read(cls, data)
+        group_table = data.get("groups", {})
+        reader.problems += between_sections(
+            study=spec.study,
+            groups=spec.groups,
+            space=spec.space,
+            pruner=spec.pruner,
+            winner=spec.winner,
+            group_table=group_table if isinstance(group_table, dict) else {},
+        )
+        reader.raise_problems()
+        return spec
+
+
+# The sections of a study file, in the order they are read and reported.
+SECTIONS = tuple(f.name for f in fields(StudySpec))
 
 
 def load_spec(path: str | Path) -> StudySpec:

@@ -1,10 +1,110 @@
-"""Rules that tie ``[space]`` to the group names: what a pattern names, which rate is fixed."""
+"""Rules between sections, which no one field can state, and ``[groups]``, whose keys are names.
+
+``[space]`` names groups (``group_ref_problems``, ``fixed_rate``, also used by ``lrsearch.space``
+and ``lrsearch.init``); ``[study] cost`` rules out pruning; ``[winner]`` and ``[space] start``
+share ``[study] n_trials`` (``between_sections``).
+"""
 
 from __future__ import annotations
 
+import re
 from fnmatch import fnmatchcase
+from typing import Any
 
-from lrsearch.spec.model import SpaceSection
+from lrsearch.limits import MAX_GROUPS
+from lrsearch.spec.model import (
+    GroupsSection,
+    PrunerSection,
+    SpaceSection,
+    StudySection,
+    WinnerSection,
+)
+from lrsearch.spec.validate import Reader
+
+_GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+def read_groups(reader: Reader, t: dict[str, Any], present: bool) -> GroupsSection:
+    """``[groups]``: ``name = [patterns]`` pairs in order, or ``auto_depth`` alone."""
+    if not present or not t:
+        reader.problem(
+            "[groups]",
+            "section is required: name groups by parameter patterns "
+            '(head = ["classifier.*"]) or set auto_depth = 1',
+        )
+        return GroupsSection()
+    if "auto_depth" in t:
+        depth = reader.take("[groups] auto_depth", t.pop("auto_depth"), (int,), None, minimum=1)
+        for key in t:
+            reader.problem(
+                f"[groups] {key}",
+                "auto_depth makes every group itself; remove the named groups or auto_depth",
+            )
+        return GroupsSection(auto_depth=depth)
+    if len(t) > MAX_GROUPS:  # checked alone: 10,000 groups would give 10,000 problems
+        reader.problem(
+            "[groups]",
+            f"{len(t)} groups, at most {MAX_GROUPS}: each is a searched dimension; put layers "
+            'in one group with a pattern (blocks = ["blocks.*"])',
+        )
+        return GroupsSection()
+    pairs: list[tuple[str, tuple[str, ...]]] = []
+    for name, value in t.items():
+        where = f"[groups] {name}"
+        if not _GROUP_NAME.match(name):
+            reader.problem(where, "a group name may use letters, digits, '_', '.', '-' only")
+            continue
+        if isinstance(value, str):
+            value = [value]
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, str) and v for v in value)
+        ):
+            reader.problem(
+                where, f"must be a non-empty list of parameter name patterns, got {value!r}"
+            )
+            continue
+        pairs.append((name, tuple(value)))
+    return GroupsSection(patterns=tuple(pairs))
+
+
+def between_sections(
+    *,
+    study: StudySection,
+    groups: GroupsSection,
+    space: SpaceSection,
+    pruner: PrunerSection,
+    winner: WinnerSection,
+    group_table: Any,
+) -> list[str]:
+    """Problems between sections, once each section is read; ``group_table``: ``[groups]``."""
+    problems = []
+    if not groups.auto_depth and groups.patterns:
+        # Every well-named group, also one whose patterns were bad, so that a reference to it is
+        # not reported as a second, misleading problem.
+        named = tuple(n for n in group_table if _GROUP_NAME.match(n))
+        problems.extend(group_ref_problems(space, named))
+    if study.cost is not None and pruner.kind != "none":
+        problems.append(
+            "[study] cost: makes the study two-objective (metric and cost), and Optuna cannot "
+            'prune a two-objective trial; set [pruner] kind = "none", or remove cost (lrsearch '
+            "best --within / --max-cost still trade metric against wall time)"
+        )
+    reserved = winner.reseeds * winner.top_k
+    if reserved and reserved >= study.n_trials:
+        problems.append(
+            f"[winner] reseeds: reseeds x top_k = {reserved} retrainings are counted in [study] "
+            f"n_trials ({study.n_trials}), which leaves no trial to search; raise n_trials or "
+            "lower reseeds / top_k"
+        )
+    elif space.start == "single" and space.start_trials >= study.n_trials - reserved:
+        problems.append(
+            f"[space] start_trials: the one-rate sweep ({space.start_trials} trials) takes the "
+            f"whole search budget ({study.n_trials - reserved} trials); lower start_trials or "
+            "raise n_trials"
+        )
+    return problems
 
 
 def group_ref_problems(space: SpaceSection, group_names: tuple[str, ...]) -> list[str]:
