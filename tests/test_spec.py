@@ -21,6 +21,7 @@ from lrsearch.spec import (
     TaskSection,
     TrainSection,
     load_spec,
+    tomllib,
 )
 
 FULL = """
@@ -632,3 +633,29 @@ def test_from_dict_names_its_source() -> None:
         StudySpec.from_dict({"study": {"name": "t"}}, source="study 'x' in db")
     assert str(info.value).startswith("study 'x' in db: 2 problems:")
     assert [p.split(":")[0] for p in info.value.problems] == ["[task]", "[groups]"]
+
+
+def _section_keys() -> list[tuple[str, str]]:
+    import dataclasses
+    import typing
+
+    sections = typing.get_type_hints(StudySpec)
+    return [
+        (name, key.name)
+        for name, cls in sections.items()
+        if name != "groups"  # its keys are the group names
+        for key in dataclasses.fields(cls)
+        if key.metadata.get("in_file", True)
+    ]
+
+
+@pytest.mark.parametrize(("section", "key"), _section_keys())
+def test_every_field_is_a_key_the_reader_checks(section: str, key: str) -> None:
+    # The reader is driven by the dataclass fields: a key it did not know would be "unknown".
+    data: dict[str, Any] = tomllib.loads(MINIMAL)
+    data.setdefault(section, {})[key] = object()
+    with pytest.raises(SpecError) as info:
+        StudySpec.from_dict(data, source="s")
+    where = [p.split(":")[0] for p in info.value.problems]
+    assert f"[{section}] {key}" in where
+    assert not any("unknown key" in p for p in info.value.problems)

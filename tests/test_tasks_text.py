@@ -21,7 +21,7 @@ from lrsearch.errors import TaskError
 from lrsearch.groups import resolve_groups, trainable_names
 from lrsearch.space import SearchSpace
 from lrsearch.spec import load_spec
-from lrsearch.tasks import Task, load_task, text
+from lrsearch.tasks import Task, _text_data, load_task, text
 from lrsearch.tasks.text import MiniLMClassifier, rotten_tomatoes_minilm
 
 # text.py imports transformers only when a task is built, so the imports above work without it.
@@ -145,15 +145,15 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch(task: text.TextClassification
 
 
 def test_splits_are_disjoint_deterministic_and_independent() -> None:
-    train, val, test = text._split(0, 64, 32, 32)
+    train, val, test = _text_data.split(0, 64, 32, 32)
     sets = [set(s.tolist()) for s in (train, val, test)]
     assert [len(s) for s in sets] == [64, 32, 32]
     assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
-    assert torch.equal(train, text._split(0, 64, 32, 32)[0])
-    assert set(text._split(1, 64, 32, 32)[0].tolist()) != sets[0]
+    assert torch.equal(train, _text_data.split(0, 64, 32, 32)[0])
+    assert set(_text_data.split(1, 64, 32, 32)[0].tolist()) != sets[0]
     # Validation does not move with n_train or n_test; test does not move with n_train or n_val.
-    assert set(text._split(0, 500, 32, 100)[1].tolist()) == sets[1]
-    assert set(text._split(0, 500, 100, 32)[2].tolist()) == sets[2]
+    assert set(_text_data.split(0, 500, 32, 100)[1].tolist()) == sets[1]
+    assert set(_text_data.split(0, 500, 100, 32)[2].tolist()) == sets[2]
 
 
 def test_eval_split_test_gives_other_examples(task: text.TextClassificationTask) -> None:
@@ -194,8 +194,8 @@ def test_bad_arguments_name_the_argument(kwargs: dict[str, Any], named: str) -> 
 def test_a_missing_package_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, missing: str
 ) -> None:
-    real = text._find_package
-    monkeypatch.setattr(text, "_find_package", lambda m: None if m == missing else real(m))
+    real = _text_data.find_package
+    monkeypatch.setattr(_text_data, "find_package", lambda m: None if m == missing else real(m))
     with pytest.raises(TaskError, match=missing) as info:
         rotten_tomatoes_minilm(**TINY)
     assert INSTALL in str(info.value)

@@ -1,4 +1,4 @@
-"""What the no-code tasks (``hf``, ``images``) share: argument checks, tables, labels, splits.
+"""What the tasks share: argument checks (also of the built-in tasks), tables, labels, splits.
 
 A split is made (a seeded shuffle cut by fractions) or given (a column naming each row's split,
 or separate files); labels may be strings, mapped to class ids in a sorted, stated order.

