@@ -12,17 +12,15 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Container, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import optuna
 import sqlalchemy
 import sqlalchemy.exc
-from optuna.distributions import BaseDistribution
-from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
+from optuna.storages import BaseStorage
 
-from lrsearch._optuna_compat import FrozenStudy, cached_storage
+from lrsearch._optuna_compat import cached_storage
 from lrsearch.errors import StorageUnavailable
 from lrsearch.masking import url_secrets
 from lrsearch.schema import BudgetCount
@@ -51,9 +49,36 @@ STORAGE_RETRY_S = DEFAULT_RETRY_S
 
 _log = logging.getLogger("lrsearch")
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-class ResilientStorage(optuna.storages.BaseStorage):
+def _through(
+    method: Callable[Concatenate[Any, P], R],
+) -> Callable[Concatenate[ResilientStorage, P], R]:
+    """A method of :class:`ResilientStorage` that runs a storage call through ``call``.
+
+    Args:
+        method: BaseStorage's method: its name picks the cached storage's method of that name at
+            call time, its signature types the method made (for mypy and callers).
+
+    Returns:
+        ``self.call(<the cached storage's method>, *args, **kwargs)`` as a method. Not made with
+        :func:`functools.wraps`: that would copy ``__isabstractmethod__`` and leave the class
+        abstract.
+    """
+    name = method.__name__
+
+    def through(self: ResilientStorage, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.call(getattr(self._inner, name), *args, **kwargs)
+
+    through.__name__ = name
+    through.__qualname__ = f"ResilientStorage.{name}"
+    through.__doc__ = f"Optuna's ``{name}``, tried again while it fails on a transient error."
+    return through
+
+
+class ResilientStorage(BaseStorage):
     """An RDB storage whose calls outlive a lost connection or a locked SQLite file.
 
     Every call goes through Optuna's own cache of finished trials (what ``optuna.load_study`` on a
@@ -163,87 +188,30 @@ class ResilientStorage(optuna.storages.BaseStorage):
                 )
             return result
 
-    # BaseStorage, each call through `call`.
-    def create_new_study(
-        self, directions: Sequence[StudyDirection], study_name: str | None = None
-    ) -> int:
-        return self.call(self._inner.create_new_study, directions, study_name)
-
-    def delete_study(self, study_id: int) -> None:
-        self.call(self._inner.delete_study, study_id)
-
-    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
-        self.call(self._inner.set_study_user_attr, study_id, key, value)
-
-    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
-        self.call(self._inner.set_study_system_attr, study_id, key, value)
-
-    def get_study_id_from_name(self, study_name: str) -> int:
-        return self.call(self._inner.get_study_id_from_name, study_name)
-
-    def get_study_name_from_id(self, study_id: int) -> str:
-        return self.call(self._inner.get_study_name_from_id, study_id)
-
-    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
-        return self.call(self._inner.get_study_directions, study_id)
-
-    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
-        return self.call(self._inner.get_study_user_attrs, study_id)
-
-    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
-        return self.call(self._inner.get_study_system_attrs, study_id)
-
-    def get_all_studies(self) -> list[FrozenStudy]:
-        return self.call(self._inner.get_all_studies)
-
-    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        return self.call(self._inner.create_new_trial, study_id, template_trial)
-
-    def set_trial_param(
-        self,
-        trial_id: int,
-        param_name: str,
-        param_value_internal: float,
-        distribution: BaseDistribution,
-    ) -> None:
-        self.call(
-            self._inner.set_trial_param, trial_id, param_name, param_value_internal, distribution
-        )
-
-    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
-        return self.call(
-            self._inner.get_trial_id_from_study_id_trial_number, study_id, trial_number
-        )
-
-    def set_trial_state_values(
-        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
-    ) -> bool:
-        return self.call(self._inner.set_trial_state_values, trial_id, state, values)
-
-    def set_trial_intermediate_value(
-        self, trial_id: int, step: int, intermediate_value: float
-    ) -> None:
-        self.call(self._inner.set_trial_intermediate_value, trial_id, step, intermediate_value)
-
-    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-        self.call(self._inner.set_trial_user_attr, trial_id, key, value)
-
-    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        self.call(self._inner.set_trial_system_attr, trial_id, key, value)
-
-    def get_trial(self, trial_id: int) -> FrozenTrial:
-        return self.call(self._inner.get_trial, trial_id)
-
-    def get_all_trials(
-        self,
-        study_id: int,
-        deepcopy: bool = True,
-        states: Container[TrialState] | None = None,
-    ) -> list[FrozenTrial]:
-        return self.call(self._inner.get_all_trials, study_id, deepcopy, states)
-
-    def get_best_trial(self, study_id: int) -> FrozenTrial:
-        return self.call(self._inner.get_best_trial, study_id)
+    # BaseStorage, each call through `call` to the cached storage's method of the same name; each
+    # keeps the signature BaseStorage declares (what mypy checks callers against).
+    create_new_study = _through(BaseStorage.create_new_study)
+    delete_study = _through(BaseStorage.delete_study)
+    set_study_user_attr = _through(BaseStorage.set_study_user_attr)
+    set_study_system_attr = _through(BaseStorage.set_study_system_attr)
+    get_study_id_from_name = _through(BaseStorage.get_study_id_from_name)
+    get_study_name_from_id = _through(BaseStorage.get_study_name_from_id)
+    get_study_directions = _through(BaseStorage.get_study_directions)
+    get_study_user_attrs = _through(BaseStorage.get_study_user_attrs)
+    get_study_system_attrs = _through(BaseStorage.get_study_system_attrs)
+    get_all_studies = _through(BaseStorage.get_all_studies)
+    create_new_trial = _through(BaseStorage.create_new_trial)
+    set_trial_param = _through(BaseStorage.set_trial_param)
+    get_trial_id_from_study_id_trial_number = _through(
+        BaseStorage.get_trial_id_from_study_id_trial_number
+    )
+    set_trial_state_values = _through(BaseStorage.set_trial_state_values)
+    set_trial_intermediate_value = _through(BaseStorage.set_trial_intermediate_value)
+    set_trial_user_attr = _through(BaseStorage.set_trial_user_attr)
+    set_trial_system_attr = _through(BaseStorage.set_trial_system_attr)
+    get_trial = _through(BaseStorage.get_trial)
+    get_all_trials = _through(BaseStorage.get_all_trials)
+    get_best_trial = _through(BaseStorage.get_best_trial)
 
     def set_new_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         """Set an attribute of a RUNNING trial of ours that does not have it yet; main thread only.
