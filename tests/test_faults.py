@@ -45,12 +45,12 @@ import lrsearch
 from lrsearch.cli import main
 from lrsearch.errors import StorageError, StorageUnavailable
 from lrsearch.groups import LayerGroups
-from lrsearch.outage import RETRY_ENV_VAR, is_schema_race, retry_limit
 from lrsearch.schema import LOST_REASON, OUTCOME_ATTR, REASON_ATTR, RETRY_OF_ATTR, TRIAL_ATTR
 from lrsearch.search import create_study, run_search, run_worker
 from lrsearch.space import Sample
 from lrsearch.spec import StudySpec, TrainSection
 from lrsearch.storage import count_budget, counts_against_budget, open_storage
+from lrsearch.storage.outage import RETRY_ENV_VAR, is_schema_race, retry_limit
 from lrsearch.tasks import Task
 from lrsearch.training import TrainResult
 

@@ -19,7 +19,7 @@ from conftest import SpecWriter
 from lrsearch.cli import main
 from lrsearch.errors import StorageError
 from lrsearch.search import run_search
-from lrsearch.sqlite_file import check_sqlite_file, tables_of
+from lrsearch.storage.sqlite_file import check_sqlite_file, tables_of
 from lrsearch.training import TrainResult
 
 READERS = [

@@ -400,9 +400,9 @@ def test_filesystem_of(path: str, expected: tuple[str, str]) -> None:
 def test_sqlite_on_a_network_filesystem_is_refused(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fstype: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from lrsearch import storage
+    from lrsearch.storage import engine
 
-    monkeypatch.setattr(storage, "filesystem_of", lambda path: ("/mnt/share", fstype))
+    monkeypatch.setattr(engine, "filesystem_of", lambda path: ("/mnt/share", fstype))
     url = f"sqlite:///{tmp_path / 'lr.db'}"
     with pytest.raises(StorageError, match=f"network filesystem \\({fstype}"):
         open_storage(url)
@@ -416,9 +416,9 @@ def test_sqlite_on_a_network_filesystem_is_refused(
 def test_sqlite_on_fuse_warns(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from lrsearch import storage
+    from lrsearch.storage import engine
 
-    monkeypatch.setattr(storage, "filesystem_of", lambda path: ("/mnt/x", "fuse.mystery"))
+    monkeypatch.setattr(engine, "filesystem_of", lambda path: ("/mnt/x", "fuse.mystery"))
     with caplog.at_level("WARNING", logger="lrsearch"):
         open_storage(f"sqlite:///{tmp_path / 'lr.db'}").engine.dispose()
     assert "FUSE filesystem" in caplog.text

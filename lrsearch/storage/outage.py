@@ -1,6 +1,7 @@
-"""How long a search rides out a database that went away, and the race of creating its schema.
+"""How long a search rides out a database that went away, which failures pass, and the schema race.
 
-Imports nothing of lrsearch but its errors: :mod:`lrsearch.storage` and the CLI read it.
+Imports nothing of lrsearch but its errors: the engine (:mod:`lrsearch.storage.engine`) and the
+retrying wrapper (:mod:`lrsearch.storage.resilient`) read it.
 
 - **The retry limit.** A storage call that fails on a lost connection is retried with backoff for
   up to ``--storage-retry`` seconds, else ``$LRSEARCH_STORAGE_RETRY``, else
@@ -11,16 +12,25 @@ Imports nothing of lrsearch but its errors: :mod:`lrsearch.storage` and the CLI 
   open a fresh one at once race (PostgreSQL: ``duplicate key value violates unique constraint
   "pg_type_typname_nsp_index"``; SQLite: ``table ... already exists``). The loser tries again,
   and then finds the tables made.
+- **What passes.** A lost or refused connection, a server starting or shutting down, a locked
+  SQLite file may pass if the call is tried again (:func:`is_transient`); bad credentials or a bad
+  schema do not.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
+
+import sqlalchemy.exc
 
 from lrsearch.errors import StorageError
 
 RETRY_ENV_VAR = "LRSEARCH_STORAGE_RETRY"
 DEFAULT_RETRY_S = 600.0
+# The backoff between tries, both while waiting for a database to come up and while retrying a call.
+BACKOFF_START_S = 0.25
+BACKOFF_MAX_S = 5.0
 # How often the loser of the schema race tries again; each try is one round trip once the winner
 # has committed, so a few are plenty even for dozens of processes.
 SCHEMA_RACE_TRIES = 8
@@ -33,6 +43,18 @@ _RACE_MESSAGES = (
     "unique constraint failed: version_info",
     "unique constraint failed: alembic_version",
     "deadlock detected",
+)
+# Connection errors that waiting will not cure.
+_FATAL_DB_ERRORS = (
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",
+    "permission denied",
+    "no such table",
+    "no such column",
+    "file is not a database",
+    "readonly database",
+    "unable to open database file",
 )
 
 
@@ -64,4 +86,26 @@ def is_schema_race(error: BaseException) -> bool:
         if any(m in text for m in _RACE_MESSAGES):
             return True
         err = err.__cause__ or err.__context__
+    return False
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a storage error may pass if the call is tried again: a lost or refused connection, a
+    server starting or shutting down, a locked SQLite file; not bad credentials or a bad schema."""
+    seen: set[int] = set()
+    err: BaseException | None = error
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, sqlalchemy.exc.PendingRollbackError):
+            # A connection lost inside a transaction that was then used again (Optuna retries a
+            # failed query in the same session); the session is rolled back, a new call works.
+            return True
+        connection_error = isinstance(
+            err, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+        ) or (isinstance(err, sqlalchemy.exc.DBAPIError) and err.connection_invalidated)
+        if connection_error or isinstance(err, sqlite3.OperationalError):
+            text = str(getattr(err, "orig", None) or err).lower()
+            return not any(fatal in text for fatal in _FATAL_DB_ERRORS)
+        # Optuna wraps SQLAlchemy's errors in StorageInternalError (`from e`).
+        err = err.__cause__
     return False
