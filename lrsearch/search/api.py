@@ -60,10 +60,50 @@ def _open_study(
         sampler=make_sampler(spec, space=prepared.space),
         pruner=make_pruner(spec),
     )
-    if GROUPS_ATTR not in study.user_attrs:  # also when a first run died right after creating it
-        study.set_user_attr(GROUPS_ATTR, {g: list(p) for g, p in prepared.groups.patterns})
+    _record_groups(study, prepared)  # also when a first run died right after creating it
     enqueue_start(study, prepared.space)
     return study, resumed
+
+
+def _record_groups(study: optuna.Study, prepared: Prepared) -> None:
+    """Store the resolved groups' patterns with the study, unless it has them."""
+    if GROUPS_ATTR not in study.user_attrs:
+        study.set_user_attr(GROUPS_ATTR, {g: list(p) for g, p in prepared.groups.patterns})
+
+
+def _budget(spec: StudySpec, n_trials: int | None) -> int:
+    """The trials to search: ``n_trials`` (default ``[study] n_trials``) less [winner]'s share."""
+    return search_budget(spec, n_trials if n_trials is not None else spec.study.n_trials)
+
+
+def _search_study(
+    store: ResilientStorage,
+    study: optuna.Study,
+    prepared: Prepared,
+    *,
+    name: str,
+    url: str,
+    resumed: bool,
+    budget: int,
+    limit: float | None,
+    device: str | None,
+    on_trial: OnTrial | None,
+    train_fn: TrainFn | None,
+    trainer: TrainerLike | None,
+) -> SearchSummary:
+    """The set-up ``run`` and ``worker`` share once their study is open and its sampler set: the
+    loop over it, run until the budget is met (:func:`lrsearch.search.loop._search`)."""
+    loop = _Loop(
+        study=study,
+        store=store,
+        prepared=prepared,
+        device=resolve_device(device),
+        budget=budget,
+        limit=limit,
+        trainer=_trainer(trainer, train_fn),
+        on_trial=on_trial,
+    )
+    return _search(loop, _summary(loop, name, url, resumed=resumed))
 
 
 @dataclass(frozen=True)
@@ -150,7 +190,7 @@ def run_search(
             the task (the trial is marked failed with the reason first).
     """
     prepared = prepare(spec, device=device, task=task)
-    budget = search_budget(spec, n_trials if n_trials is not None else spec.study.n_trials)
+    budget = _budget(spec, n_trials)  # before any write: a budget [winner] takes whole is refused
     name = study_name or spec.study.name
     url = resolve_url(storage)
     store = _connect(url, storage_retry)
@@ -159,17 +199,20 @@ def run_search(
         study.sampler = make_sampler(
             spec, space=prepared.space, offset=len(store.get_all_trials(compat.study_id(study)))
         )
-    loop = _Loop(
-        study=study,
-        store=store,
-        prepared=prepared,
-        device=resolve_device(device),
+    summary = _search_study(
+        store,
+        study,
+        prepared,
+        name=name,
+        url=url,
+        resumed=resumed,
         budget=budget,
         limit=timeout if timeout is not None else spec.study.timeout,
-        trainer=_trainer(trainer, train_fn),
+        device=device,
         on_trial=on_trial,
+        train_fn=train_fn,
+        trainer=trainer,
     )
-    summary = _search(loop, _summary(loop, name, url, resumed=resumed))
     if (
         spec.winner.reseeds
         and not summary.interrupted
@@ -234,16 +277,18 @@ def run_worker(
     prepared = prepare(spec, device=device)
     study.sampler = make_sampler(spec, space=prepared.space, seeded=False)
     study.pruner = make_pruner(spec)
-    if GROUPS_ATTR not in study.user_attrs:
-        study.set_user_attr(GROUPS_ATTR, {g: list(p) for g, p in prepared.groups.patterns})
-    loop = _Loop(
-        study=study,
-        store=store,
-        prepared=prepared,
-        device=resolve_device(device),
-        budget=search_budget(spec, n_trials if n_trials is not None else spec.study.n_trials),
+    _record_groups(study, prepared)
+    return _search_study(
+        store,
+        study,
+        prepared,
+        name=study_name,
+        url=url,
+        resumed=True,
+        budget=_budget(spec, n_trials),
         limit=spec.study.timeout,
-        trainer=_trainer(trainer, train_fn),
+        device=device,
         on_trial=on_trial,
+        train_fn=train_fn,
+        trainer=trainer,
     )
-    return _search(loop, _summary(loop, study_name, url, resumed=True))
