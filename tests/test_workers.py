@@ -42,7 +42,7 @@ from lrsearch.schema import (
     TRIAL_ATTR,
     BudgetCount,
 )
-from lrsearch.search import create_study, liveness, prepare, run_search, run_worker
+from lrsearch.search import Liveness, create_study, prepare, run_search, run_worker
 from lrsearch.space import Sample
 from lrsearch.spec import StudySpec, TrainSection
 from lrsearch.storage import (
@@ -648,15 +648,21 @@ def test_a_dead_workers_trial_is_failed_and_rerun_once_with_the_same_params(
 
 
 def test_a_trial_without_heartbeat_is_swept_only_when_orphaned(
-    monkeypatch: pytest.MonkeyPatch, sqlite_url: str, study_name: str, toy_spec: SpecBuilder
+    sqlite_url: str, study_name: str, toy_spec: SpecBuilder
 ) -> None:
     create_study(toy_spec(study_name, study={"n_trials": 1, **QUICK}), storage=sqlite_url)
     orphan = _ask_running(sqlite_url, study_name, beat=False)
     run_worker(sqlite_url, study_name, device="cpu", train_fn=Script([complete]))
     states = {t.number: t.state for t in _trials(sqlite_url, study_name)}
     assert states[orphan.number] == TrialState.RUNNING  # too young to tell; not waited for
-    monkeypatch.setattr(liveness, "ORPHAN_AFTER_S", 0.0)
-    run_worker(sqlite_url, study_name, n_trials=2, device="cpu", train_fn=Script([complete] * 2))
+    run_worker(
+        sqlite_url,
+        study_name,
+        n_trials=2,
+        device="cpu",
+        train_fn=Script([complete] * 2),
+        liveness=Liveness(orphan_after_s=0.0),
+    )
     after = {t.number: t for t in _trials(sqlite_url, study_name)}
     assert after[orphan.number].state == TrialState.FAIL
     assert after[orphan.number].user_attrs[REASON_ATTR] == LOST_REASON

@@ -10,7 +10,7 @@ Layers, bottom up (a module imports only the ones above it in this list):
   (:func:`prepare`, :class:`Prepared`).
 - :mod:`~lrsearch.search.signals`: SIGTERM / SIGINT during a search.
 - :mod:`~lrsearch.search.liveness`: heartbeats, sweeps of lost trials, re-queueing their
-  configurations.
+  configurations, and the settings of all that (:class:`Liveness`).
 - :mod:`~lrsearch.search.context`: what the loop hands down to every step of a trial.
 - :mod:`~lrsearch.search.fate`: a trial's outcome, decided and told to Optuna in one place.
 - :mod:`~lrsearch.search.trial`: one trial's life: sample, train, report.
@@ -38,6 +38,7 @@ from lrsearch.schema import (  # re-exported: readers imported them from here fi
 )
 from lrsearch.search.api import (
     CreatedStudy,
+    Liveness,
     SearchSummary,
     TrialOutcome,
     create_study,
@@ -56,6 +57,7 @@ __all__ = [
     "RETRY_OF_ATTR",
     "TRIAL_ATTR",
     "CreatedStudy",
+    "Liveness",
     "Prepared",
     "SearchSummary",
     "TrialOutcome",

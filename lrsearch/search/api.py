@@ -13,6 +13,7 @@ from lrsearch.confirm import confirm_study, search_budget
 from lrsearch.schema import GROUPS_ATTR
 from lrsearch.search.context import TrainFn, _Loop, _trainer
 from lrsearch.search.factories import make_pruner, make_sampler
+from lrsearch.search.liveness import Liveness
 from lrsearch.search.loop import _search, _summary
 from lrsearch.search.prepare import Prepared, prepare
 from lrsearch.search.results import OnTrial, SearchSummary, TrialOutcome
@@ -34,6 +35,7 @@ from lrsearch.trust import check_stored_entry
 
 __all__ = [
     "CreatedStudy",
+    "Liveness",
     "SearchSummary",
     "TrialOutcome",
     "create_study",
@@ -90,6 +92,7 @@ def _search_study(
     on_trial: OnTrial | None,
     train_fn: TrainFn | None,
     trainer: TrainerLike | None,
+    liveness: Liveness | None,
 ) -> SearchSummary:
     """The set-up ``run`` and ``worker`` share once their study is open and its sampler set: the
     loop over it, run until the budget is met (:func:`lrsearch.search.loop._search`)."""
@@ -102,6 +105,7 @@ def _search_study(
         limit=limit,
         trainer=_trainer(trainer, train_fn),
         on_trial=on_trial,
+        liveness=liveness or Liveness(),
     )
     return _search(loop, _summary(loop, name, url, resumed=resumed))
 
@@ -161,6 +165,7 @@ def run_search(
     trainer: TrainerLike | None = None,
     task: Task | None = None,
     storage_retry: float | None = None,
+    liveness: Liveness | None = None,
 ) -> SearchSummary:
     """Run (or resume) a study until it has ``n_trials`` finished trials or ``timeout`` passes.
 
@@ -180,6 +185,8 @@ def run_search(
         task: The task object, in place of importing ``[task] entry`` (see :func:`prepare`).
         storage_retry: Seconds a storage call is retried while the database is unreachable
             (default ``$LRSEARCH_STORAGE_RETRY``, else 600).
+        liveness: How lost trials are found and re-run (default :class:`Liveness`'s defaults;
+            tests shorten them).
 
     Returns:
         What this run did; ``interrupted`` is set when Ctrl-C or SIGTERM stopped it (a SIGTERM is
@@ -212,6 +219,7 @@ def run_search(
         on_trial=on_trial,
         train_fn=train_fn,
         trainer=trainer,
+        liveness=liveness,
     )
     if (
         spec.winner.reseeds
@@ -237,6 +245,7 @@ def run_worker(
     trainer: TrainerLike | None = None,
     allow_tasks: Sequence[str] = (),
     storage_retry: float | None = None,
+    liveness: Liveness | None = None,
 ) -> SearchSummary:
     """Join an existing study and run its trials until its budget is met, with its stored spec.
 
@@ -260,6 +269,8 @@ def run_worker(
             ``$LRSEARCH_ALLOW_TASKS`` (see :mod:`lrsearch.trust`).
         storage_retry: Seconds a storage call is retried while the database is unreachable
             (default ``$LRSEARCH_STORAGE_RETRY``, else 600).
+        liveness: How lost trials are found and re-run (default :class:`Liveness`'s defaults;
+            tests shorten them).
 
     Returns:
         What this worker did; ``interrupted`` is set when a signal stopped it.
@@ -291,4 +302,5 @@ def run_worker(
         on_trial=on_trial,
         train_fn=train_fn,
         trainer=trainer,
+        liveness=liveness,
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 import optuna
 
+from lrsearch.search.liveness import Liveness
 from lrsearch.search.prepare import Prepared
 from lrsearch.search.results import OnTrial
 from lrsearch.storage import ResilientStorage
@@ -36,6 +37,7 @@ class _Loop:
     limit: float | None
     trainer: TrainerLike
     on_trial: OnTrial | None
+    liveness: Liveness = field(default_factory=Liveness)
     # Why a batch first fell back to one trial at a time (then logged as a warning), if one did.
     fell_back: list[str] = field(default_factory=list)
     timing: _Timing = field(default_factory=_Timing)

@@ -159,7 +159,7 @@ def _finish(
     if told != state:  # another worker's sweep failed it first
         return _lost(trial, sample, start, loop.grace)
     if outcome == "interrupted":
-        _queue_again(loop.study, trial, lost=False)
+        _queue_again(loop.study, trial, lost=False, max_losses=loop.liveness.max_losses)
     return TrialOutcome(
         number=trial.number,
         outcome=outcome,

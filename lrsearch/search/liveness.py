@@ -8,9 +8,9 @@ heartbeat is older than ``[study] grace_period`` seconds is failed with reason `
 and its parameters are queued again once (``lrsearch.retry_of`` names the trial a re-run replaces;
 a re-run that loses its worker too stays failed). A RUNNING trial that never had a heartbeat (its
 worker died in the few milliseconds between creating it and the first heartbeat) is swept
-:data:`ORPHAN_AFTER_S` seconds after it started. A lost trial that was never sampled (its worker
-died between ``ask`` and its rates) has no configuration to lose: it is stored interrupted, and
-does not count.
+``orphan_after_s`` (:class:`Liveness`) seconds after it started. A lost trial that was never
+sampled (its worker died between ``ask`` and its rates) has no configuration to lose: it is stored
+interrupted, and does not count.
 
 The worker whose trial was swept behind its back finds out at its next write and drops the trial
 (:func:`_lost`): a trial's ``tell`` never crashes a worker.
@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
@@ -46,16 +46,25 @@ from lrsearch.storage import ResilientStorage
 
 _log = logging.getLogger("lrsearch")
 
-# How often a worker with nothing to start looks again while other workers finish the budget.
-POLL_S = 1.0
-# A RUNNING trial that never had a heartbeat is failed this long after it started: long enough for
-# clocks of different machines to disagree (its start time is the worker's clock).
-ORPHAN_AFTER_S = 600.0
 # The reason of a lost trial that was never sampled (not counted: no configuration was lost).
 _UNSAMPLED = "worker lost before the trial was sampled"
-# A configuration whose worker died is re-run this many times; after that its trial stays failed
-# (a configuration that kills its worker, e.g. by exhausting memory, must not kill them all).
-MAX_LOSSES = 1
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """How a worker watches for lost trials, beyond the study's ``heartbeat_interval`` and
+    ``grace_period``. The defaults suit every study; tests shorten them (``run_search(...,
+    liveness=Liveness(orphan_after_s=0.0))``)."""
+
+    # How often a worker with nothing to start looks again while other workers finish the budget.
+    poll_s: float = 1.0
+    # A RUNNING trial that never had a heartbeat is failed this long after it started: long enough
+    # for clocks of different machines to disagree (its start time is the worker's clock).
+    orphan_after_s: float = 600.0
+    # A configuration whose worker died is re-run this many times; after that its trial stays
+    # failed (a configuration that kills its worker, e.g. by exhausting memory, must not kill them
+    # all).
+    max_losses: int = 1
 
 
 class _Looker:
@@ -72,12 +81,14 @@ class _Looker:
         budget: int,
         grace: int,
         interval: float,
+        settings: Liveness,
     ) -> None:
         self.study = study
         self.store = store
         self.budget = budget
         self.grace = grace
         self.interval = interval
+        self.settings = settings
         self.next_sweep = 0.0
 
     def __call__(self, *, sweep: bool = False) -> BudgetCount:
@@ -87,18 +98,28 @@ class _Looker:
             if count.start_another(self.budget) or count.counted >= self.budget:
                 return count
         self.next_sweep = time.monotonic() + self.interval
-        look = self.store.look(study_id, grace=self.grace, orphan_after=ORPHAN_AFTER_S)
+        orphan_after = self.settings.orphan_after_s
+        look = self.store.look(study_id, grace=self.grace, orphan_after=orphan_after)
         # Just after an outage every heartbeat is old: the other workers get a grace period to
         # beat again before their trials are taken for lost (and re-run for nothing).
         settled = time.monotonic() - self.store.recovered_at > self.grace
         if look.lost and not settled:  # taken for alive meanwhile
             return replace(look.count, running=look.count.running + len(look.lost))
-        if look.lost and _sweep(self.study, self.store, look.lost, self.grace):
-            look = self.store.look(study_id, grace=self.grace, orphan_after=ORPHAN_AFTER_S)
+        if look.lost and _sweep(
+            self.study, self.store, look.lost, self.grace, max_losses=self.settings.max_losses
+        ):
+            look = self.store.look(study_id, grace=self.grace, orphan_after=orphan_after)
         return look.count
 
 
-def _sweep(study: optuna.Study, store: ResilientStorage, lost: Sequence[int], grace: int) -> int:
+def _sweep(
+    study: optuna.Study,
+    store: ResilientStorage,
+    lost: Sequence[int],
+    grace: int,
+    *,
+    max_losses: int,
+) -> int:
     """Fail the trials whose worker is gone and queue their parameters again; how many."""
     swept = 0
     for trial_id in lost:
@@ -122,14 +143,14 @@ def _sweep(study: optuna.Study, store: ResilientStorage, lost: Sequence[int], gr
                 trial.number,
             )
             continue
-        queued = _queue_again(study, trial, lost=True)
+        queued = _queue_again(study, trial, lost=True, max_losses=max_losses)
         _log.warning(
             "lrsearch: trial %d lost its worker (no heartbeat for %d s): failed, %s",
             trial.number,
             grace,
             "its parameters queued again"
             if queued
-            else f"not queued again (its worker was lost {MAX_LOSSES + 1} times)",
+            else f"not queued again (its worker was lost {max_losses + 1} times)",
         )
     return swept
 
@@ -147,11 +168,13 @@ def _params(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> dict[str,
     return dict(stored.system_attrs.get("fixed_params") or {})
 
 
-def _queue_again(study: optuna.Study, trial: FrozenTrial | optuna.Trial, *, lost: bool) -> bool:
+def _queue_again(
+    study: optuna.Study, trial: FrozenTrial | optuna.Trial, *, lost: bool, max_losses: int
+) -> bool:
     """Queue ``trial``'s parameters as a new trial that replaces it; whether it was queued."""
     losses = int(trial.user_attrs.get(LOSSES_ATTR, 0)) + int(lost)
     params = _params(study, trial)
-    if not params or losses > MAX_LOSSES:
+    if not params or losses > max_losses:
         return False
     # enqueue_trial, not Optuna's RetryHeartbeatStaleTrialCallback: that copies the system
     # attributes, among them the pruner's rung records, which a re-run must earn anew.
@@ -159,7 +182,7 @@ def _queue_again(study: optuna.Study, trial: FrozenTrial | optuna.Trial, *, lost
     return True
 
 
-def _fail_if_running(study: optuna.Study, trial: optuna.Trial) -> None:
+def _fail_if_running(study: optuna.Study, trial: optuna.Trial, *, max_losses: int) -> None:
     store, trial_id = compat.study_storage(study), compat.trial_id(trial)
     if store.get_trial(trial_id).state == TrialState.RUNNING:
         try:
@@ -168,7 +191,7 @@ def _fail_if_running(study: optuna.Study, trial: optuna.Trial) -> None:
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         except UpdateFinishedTrialError:
             return
-        _queue_again(study, trial, lost=False)
+        _queue_again(study, trial, lost=False, max_losses=max_losses)
 
 
 class _Heartbeat:

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from lrsearch.pick import metric, rank
 from lrsearch.search.batch import _run_batch
 from lrsearch.search.context import _Loop
-from lrsearch.search.liveness import POLL_S, _fail_if_running, _Heartbeat, _Looker
+from lrsearch.search.liveness import _fail_if_running, _Heartbeat, _Looker
 from lrsearch.search.results import SearchSummary, TrialOutcome
 from lrsearch.search.signals import _StopSignals
 from lrsearch.search.trial import _run_one
@@ -57,6 +57,7 @@ def _search(loop: _Loop, summary: SearchSummary) -> SearchSummary:
         budget=loop.budget,
         grace=loop.grace,
         interval=loop.prepared.spec.study.heartbeat_interval,
+        settings=loop.liveness,
     )
     loop.store.should_stop = lambda: stop.requested  # a signal ends a wait for the database
     # Installed until the very end: a signal that comes late is only noted, never raised in the
@@ -78,7 +79,7 @@ def _search(loop: _Loop, summary: SearchSummary) -> SearchSummary:
                             break
                         # The trials other workers are running would meet the budget: wait for them
                         # (and re-run one of them if its worker is lost).
-                        stop.wait(POLL_S)
+                        stop.wait(loop.liveness.poll_s)
                         count = look()
                         continue
                     if loop.prepared.spec.train.batch_trials > 1:
@@ -118,7 +119,7 @@ def _cleaned_up(loop: _Loop, summary: SearchSummary, current: list[optuna.Trial]
     except KeyboardInterrupt:
         summary.interrupted = True
         for trial in current:
-            _fail_if_running(loop.study, trial)
+            _fail_if_running(loop.study, trial, max_losses=loop.liveness.max_losses)
 
 
 def _record(loop: _Loop, summary: SearchSummary, outcome: TrialOutcome) -> bool:
