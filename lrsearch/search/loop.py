@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from lrsearch.pick import metric, rank
+from lrsearch.pick import best, metric
 from lrsearch.search.batch import _run_batch
 from lrsearch.search.context import _Loop
 from lrsearch.search.liveness import _fail_if_running, _Heartbeat, _Looker
@@ -137,22 +137,43 @@ def _record(loop: _Loop, summary: SearchSummary, outcome: TrialOutcome) -> bool:
 def _update_best(summary: SearchSummary, study: optuna.Study) -> None:
     # Not study.best_trial: it refuses two-objective studies, and its choice among equal values
     # depends on the database's row order; ours is the earliest.
-    ranked = rank(
+    top = best(
         study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
         maximize=summary.direction == "maximize",
     )
-    if not ranked:  # no complete trial yet
+    if top is None:  # no complete trial yet
         return
-    best = ranked[0]
-    summary.best_number = best.number
-    summary.best_value = metric(best)
-    summary.best_lrs = trial_lrs(best)
+    summary.best_number = top.number
+    summary.best_value = metric(top)
+    summary.best_lrs = trial_lrs(top)
 
 
 def _note_best(summary: SearchSummary, outcome: TrialOutcome) -> None:
+    """Weigh this run's complete trial against the summary's best, by the one rule of
+    :func:`lrsearch.pick.best` (the better metric; of equal ones, the earlier trial)."""
     assert outcome.value is not None
-    sign = 1.0 if summary.direction == "maximize" else -1.0
-    if summary.best_value is None or sign * (outcome.value - summary.best_value) > 0:
+    contenders = [_standing(outcome.number, outcome.value)]
+    if summary.best_number is not None and summary.best_value is not None:
+        contenders.append(_standing(summary.best_number, summary.best_value))
+    top = best(contenders, maximize=summary.direction == "maximize")
+    if top is not None and top.number == outcome.number:
         summary.best_number = outcome.number
         summary.best_value = outcome.value
         summary.best_lrs = dict(outcome.lrs)
+
+
+def _standing(number: int, value: float) -> FrozenTrial:
+    """A complete trial as the summary knows it, its number and metric, for :func:`best`."""
+    return FrozenTrial(
+        number=number,
+        state=TrialState.COMPLETE,
+        value=value,
+        datetime_start=None,
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=-1,
+    )
