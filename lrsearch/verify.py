@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 from lrsearch import _optuna_compat as compat
 from lrsearch.errors import LrsearchError, TrialFailure
 from lrsearch.pick import metric, numbered, rank
+from lrsearch.schema import Outcome
 from lrsearch.spec import StudySpec
 from lrsearch.storage import load_study, resolve_url, stored_spec, trial_info
 from lrsearch.trust import check_stored_entry
@@ -346,6 +347,8 @@ def _prepare(spec: Any, device: str | None, train_fn: Callable[..., TrainResult]
 def _train_one(
     prepared: Any, info: dict[str, Any], seed: int, device: str | None
 ) -> dict[str, Any]:
+    # Imported when used: lrsearch.search imports this module (through lrsearch.confirm).
+    from lrsearch.search.fate import outcome_of, outcome_of_value
     from lrsearch.space import Sample
 
     setup, train = prepared
@@ -355,14 +358,15 @@ def _train_one(
         result = train(setup.task, setup.groups, sample, setup.spec.train, device=device, seed=seed)
     except TrialFailure as e:
         # A seed that diverges is evidence too (an unstable config): kept, never raised.
-        run.update(outcome="diverged" if e.diverged else "failed", reason=e.reason)
+        run.update(outcome=outcome_of(e).value, reason=e.reason)
         run.update(seconds=None, device=device or "auto")
     else:
         value = float(result.value)
-        if math.isfinite(value):
+        outcome, reason = outcome_of_value(value)
+        if outcome is Outcome.COMPLETE:
             run["value"] = value
         else:
-            run.update(outcome="diverged", reason=f"diverged: final value is {value}")
+            run.update(outcome=outcome.value, reason=reason)
         run.update(seconds=round(result.seconds, 3), device=result.device)
     run["host"] = socket.gethostname()
     run["at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

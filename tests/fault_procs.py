@@ -44,12 +44,13 @@ def create(url: str, name: str, spec_json: str, start_at: str) -> None:
 
 
 def die(url: str, name: str, point: str) -> None:
-    from lrsearch import search
+    from lrsearch import _optuna_compat
+    from lrsearch.search import run_worker, trial
 
     if point == "before_sample":
-        search._sample = _die  # type: ignore[assignment]
+        trial._sample = _die  # type: ignore[assignment]
     elif point == "mid_train":
-        reporter = search._reporter
+        reporter = trial._reporter
 
         def dying_reporter(*args: Any) -> Any:
             report = reporter(*args)
@@ -60,12 +61,12 @@ def die(url: str, name: str, point: str) -> None:
 
             return dying
 
-        search._reporter = dying_reporter  # type: ignore[assignment]
+        trial._reporter = dying_reporter  # type: ignore[assignment]
     elif point == "before_tell":
-        search._tell = _die  # type: ignore[assignment]
+        _optuna_compat.tell = _die  # type: ignore[assignment]
     else:
         raise SystemExit(f"unknown point {point!r}")
-    search.run_worker(url, name, device="cpu")
+    run_worker(url, name, device="cpu")
     raise SystemExit("the worker was not killed")
 
 

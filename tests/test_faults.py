@@ -679,24 +679,25 @@ def test_after_an_outage_the_other_workers_get_a_grace_period(
 ) -> None:
     """Every heartbeat is old when the database comes back: a worker that just got it back waits
     a grace period before it takes another worker's trial for lost (then it does)."""
-    from lrsearch import search
+    from lrsearch.search import api, prepare
+    from lrsearch.storage import stored_spec
 
     create_study(toy_spec(study_name, study={"n_trials": 1, **FAST}), storage=sqlite_url)
     storage = open_storage(sqlite_url)
     study = optuna.load_study(study_name=study_name, storage=storage)
     other = study.ask()  # another worker's trial, sampled, its heartbeat as old as the outage
-    search.prepare(search.stored_spec(study), device="cpu").space.sample(other)
+    prepare(stored_spec(study), device="cpu").space.sample(other)
     storage.record_heartbeat(other._trial_id)
     storage.engine.dispose()
     time.sleep(FAST["grace_period"] + 1.2)  # SQLite's clock has whole seconds
-    connect = search._connect
+    connect = api._connect
 
     def just_recovered(url: str, retry_s: float | None = None) -> Any:
         store = connect(url, retry_s)
         store.recovered_at = time.monotonic()
         return store
 
-    monkeypatch.setattr(search, "_connect", just_recovered)
+    monkeypatch.setattr(api, "_connect", just_recovered)
     start = time.monotonic()
     run_worker(sqlite_url, study_name, device="cpu", train_fn=Script([complete]))
     trials = _trials(sqlite_url, study_name)

@@ -22,7 +22,8 @@ from lrsearch.cli.text import ProgressBar
 from lrsearch.errors import GroupError, SpecError, StorageError
 from lrsearch.groups import resolve_groups
 from lrsearch.limits import MAX_GROUPS, MAX_STUDY_NAME, SEED_RANGE
-from lrsearch.search import _Heartbeat, run_search
+from lrsearch.search import run_search
+from lrsearch.search.liveness import _Heartbeat
 from lrsearch.spec import StudySpec
 from lrsearch.storage import open_storage
 from lrsearch.training import TrainResult

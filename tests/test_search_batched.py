@@ -20,7 +20,7 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
-import lrsearch.search as search
+import lrsearch.search.trial as one_trial
 from lrsearch.errors import LrsearchError, SpecError, TaskError
 from lrsearch.schema import OUTCOME_ATTR, REASON_ATTR
 from lrsearch.search import create_study, run_search, run_worker
@@ -331,14 +331,14 @@ def test_batch_trials_is_stored_with_the_spec(toy_spec: SpecBuilder) -> None:
 def test_an_error_while_sampling_trains_none_of_the_batch(
     sqlite_url: str, study_name: str, toy_spec: SpecBuilder, monkeypatch: Any
 ) -> None:
-    sample = search._sample
+    sample = one_trial._sample
 
     def failing(loop: Any, trial: optuna.Trial) -> Any:
         if trial.number == 1:
             raise LrsearchError("the storage refused the trial's rates")
         return sample(loop, trial)
 
-    monkeypatch.setattr(search, "_sample", failing)
+    monkeypatch.setattr(one_trial, "_sample", failing)
     spy = _Spy()
     with pytest.raises(LrsearchError, match="refused"):
         run_search(

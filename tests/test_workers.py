@@ -29,7 +29,7 @@ from click.testing import CliRunner, Result
 from conftest import TESTS_DIR, SpecWriter, postgres_url, toy_spec_data
 from optuna.trial import FrozenTrial, TrialState
 
-from lrsearch import search
+import lrsearch
 from lrsearch.cli import main
 from lrsearch.errors import SpecError, StorageError, StudyMismatchError, StudyNotFoundError
 from lrsearch.groups import LayerGroups
@@ -42,7 +42,7 @@ from lrsearch.schema import (
     TRIAL_ATTR,
     BudgetCount,
 )
-from lrsearch.search import create_study, run_search, run_worker
+from lrsearch.search import Liveness, create_study, prepare, run_search, run_worker
 from lrsearch.space import Sample
 from lrsearch.spec import StudySpec, TrainSection
 from lrsearch.storage import (
@@ -55,6 +55,7 @@ from lrsearch.storage import (
     open_storage,
     read_url_file,
     resolve_url,
+    stored_spec,
 )
 from lrsearch.tasks import Task
 from lrsearch.training import TrainResult
@@ -82,7 +83,8 @@ def _lrsearch() -> list[str]:
 def _env(url: str | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LRSEARCH_")}
     # The lrsearch under test first (a worktree's, not the editable install's), then the toy tasks.
-    paths = (str(Path(search.__file__).resolve().parents[1]), str(TESTS_DIR), env.get("PYTHONPATH"))
+    source = Path(lrsearch.__file__).resolve().parents[1]
+    paths = (str(source), str(TESTS_DIR), env.get("PYTHONPATH"))
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     # The workers run the stored toy task: allowed as a user would allow their own (lrsearch.trust).
     env["LRSEARCH_ALLOW_TASKS"] = "toy_tasks:*"
@@ -607,7 +609,7 @@ def _ask_running(url: str, name: str, *, beat: bool, **attrs: Any) -> FrozenTria
     """A trial as a worker leaves it when it dies mid-training: RUNNING, rates sampled."""
     store = _store(url)
     study = optuna.load_study(study_name=name, storage=store)
-    prepared = search.prepare(search.stored_spec(study), device="cpu")
+    prepared = prepare(stored_spec(study), device="cpu")
     trial = study.ask()
     prepared.space.sample(trial)
     for key, value in attrs.items():
@@ -646,15 +648,21 @@ def test_a_dead_workers_trial_is_failed_and_rerun_once_with_the_same_params(
 
 
 def test_a_trial_without_heartbeat_is_swept_only_when_orphaned(
-    monkeypatch: pytest.MonkeyPatch, sqlite_url: str, study_name: str, toy_spec: SpecBuilder
+    sqlite_url: str, study_name: str, toy_spec: SpecBuilder
 ) -> None:
     create_study(toy_spec(study_name, study={"n_trials": 1, **QUICK}), storage=sqlite_url)
     orphan = _ask_running(sqlite_url, study_name, beat=False)
     run_worker(sqlite_url, study_name, device="cpu", train_fn=Script([complete]))
     states = {t.number: t.state for t in _trials(sqlite_url, study_name)}
     assert states[orphan.number] == TrialState.RUNNING  # too young to tell; not waited for
-    monkeypatch.setattr(search, "ORPHAN_AFTER_S", 0.0)
-    run_worker(sqlite_url, study_name, n_trials=2, device="cpu", train_fn=Script([complete] * 2))
+    run_worker(
+        sqlite_url,
+        study_name,
+        n_trials=2,
+        device="cpu",
+        train_fn=Script([complete] * 2),
+        liveness=Liveness(orphan_after_s=0.0),
+    )
     after = {t.number: t for t in _trials(sqlite_url, study_name)}
     assert after[orphan.number].state == TrialState.FAIL
     assert after[orphan.number].user_attrs[REASON_ATTR] == LOST_REASON
