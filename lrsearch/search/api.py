@@ -46,7 +46,7 @@ __all__ = [
 
 def _connect(url: str, retry_s: float | None = None) -> ResilientStorage:
     """The storage for a search: waits for a database still starting, retries lost connections
-    (for ``retry_s`` seconds, default :func:`lrsearch.outage.retry_limit`)."""
+    (for ``retry_s`` seconds, default :func:`lrsearch.storage.outage.retry_limit`)."""
     return ResilientStorage(open_storage(url, wait=db_wait()), shown=mask_url(url), retry_s=retry_s)
 
 
