@@ -221,6 +221,7 @@ OPTIONAL_KEYS = [
     ("train", "grad_clip = 0.5"),
     ("train", "momentum = 0.0"),
     ("train", "freeze_batchnorm = false"),
+    ("train", "compile = true"),
     ("pruner", 'kind = "successive_halving"'),
     ("pruner", "min_resource = 3"),
     ("pruner", "reduction_factor = 2"),
@@ -530,6 +531,13 @@ BAD: list[tuple[str, dict[str, str | None], str, str]] = [
         "reseeds x top_k = 6 retrainings are counted in [study] n_trials (6)",
     ),
     ("top-k-zero", {"winner": "top_k = 0"}, "[winner] top_k", "must be >= 1"),
+    (
+        "compile-with-stacked-trials",
+        {"train": "compile = true\nbatch_trials = 4"},
+        "[train] compile",
+        "set compile = false or batch_trials = 1",
+    ),
+    ("compile-not-bool", {"train": 'compile = "yes"'}, "[train] compile", "true or false"),
 ]
 
 UNKNOWN_KEY = [

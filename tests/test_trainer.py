@@ -534,3 +534,37 @@ def test_train_trial_reports_what_it_ran_on() -> None:
     assert result.seconds > 0
     with pytest.raises(LrsearchError, match="needs a CUDA device"):
         train_trial(task, make_groups(task), sample(), cfg(precision="bf16"), device="cpu")
+
+
+# --- [train] compile -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # torch.compile builds C++ kernels on the CPU: tens of seconds the first time
+def test_compile_trains_the_same_model_and_reuses_its_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    task = make_task()
+    groups = make_groups(task)
+    wrapped: list[nn.Module] = []
+    real = trainer.compiled
+
+    def spy(module: nn.Module) -> nn.Module:
+        wrapped.append(module)
+        return real(module)
+
+    monkeypatch.setattr(trainer, "compiled", spy)
+    plain = train_trial(task, groups, sample(), cfg(epochs=2), device="cpu", seed=0)
+    assert wrapped == []  # off by default
+    fast = [
+        train_trial(task, groups, sample(), cfg(epochs=2, compile=True), device="cpu", seed=0)
+        for _ in range(2)
+    ]
+    assert wrapped == task.built[1:]  # each compiled trial compiled its own model's forward
+    for result in fast:
+        assert result.value == pytest.approx(plain.value, abs=1e-6)
+        assert result.steps == plain.steps
+    # A frozen body trains only what follows it; the optimizer sees the model's own parameters.
+    frozen = train_trial(
+        task, groups, sample(body=0.0), cfg(epochs=2, compile=True), device="cpu", seed=0
+    )
+    body = task.built[-1][0]
+    assert torch.equal(body.weight, task.initial[-1]["0.weight"])
+    assert math.isfinite(frozen.value)

@@ -141,6 +141,19 @@ def cache_dir_needs_cache(seen: Seen) -> Iterable[tuple[str, str]]:
     return []
 
 
+def compile_needs_one_at_a_time(seen: Seen) -> Iterable[tuple[str, str]]:
+    """torch.compile wraps one model's forward; stacked trials run under vmap instead."""
+    if seen.values["compile"] and seen.values["batch_trials"] > 1:
+        return [
+            (
+                "compile",
+                "compiles trials trained one at a time, and batch_trials > 1 stacks them under "
+                "vmap; set compile = false or batch_trials = 1",
+            )
+        ]
+    return []
+
+
 def group_needs_multivariate(seen: Seen) -> Iterable[tuple[str, str]]:
     """TPE's group decomposition is a mode of its multivariate model."""
     if seen.values["group"] and not seen.values["multivariate"]:

@@ -171,6 +171,11 @@ class TrainSection:
             "execution": True,
         },
     )
+    # torch.compile the training forward of one-at-a-time trials: compiled once per worker and
+    # frozen pattern, then reused by every trial (lrsearch.training.single).
+    compile: bool = field(
+        default=False, metadata={"check": checks.compile_needs_one_at_a_time, "execution": True}
+    )
 
 
 def execution_keys() -> tuple[str, ...]:
