@@ -9,6 +9,7 @@ the torch-free ``lrsearch.config``) can import it without Optuna, SQLAlchemy or 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Container
 from dataclasses import dataclass
 from enum import Enum
@@ -29,6 +30,8 @@ __all__ = [
     "BudgetCount",
     "Outcome",
     "counts_against_budget",
+    "failure_outcome",
+    "value_outcome",
 ]
 
 # Study attributes.
@@ -83,6 +86,21 @@ class Outcome(str, Enum):
         return {"COMPLETE": cls.COMPLETE, "PRUNED": cls.PRUNED, "FAIL": cls.FAILED}.get(
             optuna_state
         )
+
+
+def failure_outcome(diverged: bool) -> Outcome:
+    """The outcome of a training the trainer ended with a failure: ``diverged`` for a NaN/inf
+    loss (``TrialFailure.diverged``), else ``failed``."""
+    return Outcome.DIVERGED if diverged else Outcome.FAILED
+
+
+def value_outcome(value: float) -> tuple[Outcome, str | None]:
+    """The outcome of a training that returned ``value``, and why when it is not complete:
+    ``(complete, None)``, or ``(diverged, reason)`` for a NaN/inf value, a divergence the trainer
+    missed (Optuna refuses to complete a trial with one)."""
+    if math.isfinite(value):
+        return Outcome.COMPLETE, None
+    return Outcome.DIVERGED, f"diverged: final value is {value}"
 
 
 _OPTUNA_STATE = {

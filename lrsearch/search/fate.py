@@ -19,8 +19,8 @@ lost          FAIL            (seen by the worker only) another worker found no 
 ============  ==============  ================================================================
 
 A trial that "completes" with a NaN/inf value is diverged too (Optuna refuses to complete it).
-:func:`outcome_of` and :func:`outcome_of_value` are these rules for a training's end alone, which
-:mod:`lrsearch.verify` applies to its retrainings too.
+:func:`lrsearch.schema.failure_outcome` and :func:`~lrsearch.schema.value_outcome` are these rules
+for a training's end alone, which the retrainings of ``verify`` and ``confirm`` apply too.
 
 :func:`_settle` turns what a training gave (a result, or the exception that ended it) into one of
 these; every path of the loop, one trial or a batch, goes through it.
@@ -37,39 +37,12 @@ from optuna.trial import TrialState
 
 from lrsearch import _optuna_compat as compat
 from lrsearch.errors import LrsearchError, StorageUnavailable, TaskError, TrialFailure
-from lrsearch.schema import OUTCOME_ATTR, REASON_ATTR, Outcome
+from lrsearch.schema import OUTCOME_ATTR, REASON_ATTR, Outcome, failure_outcome, value_outcome
 from lrsearch.search.context import _Loop
 from lrsearch.search.liveness import _lost, _queue_again
 from lrsearch.search.results import TrialOutcome
 from lrsearch.space import Sample
 from lrsearch.training import TrainResult
-
-
-def outcome_of(error: TrialFailure) -> Outcome:
-    """The outcome of a training the trainer ended with ``error``.
-
-    Args:
-        error: What the trainer raised for a loss that is not finite or a failure it caught.
-
-    Returns:
-        ``diverged`` for a NaN/inf loss, else ``failed``.
-    """
-    return Outcome.DIVERGED if error.diverged else Outcome.FAILED
-
-
-def outcome_of_value(value: float) -> tuple[Outcome, str | None]:
-    """The outcome of a training that returned ``value``, and why when it is not complete.
-
-    Args:
-        value: The training's final value (its last evaluation).
-
-    Returns:
-        ``(complete, None)``, or ``(diverged, reason)`` when ``value`` is NaN/inf: a divergence
-        the trainer missed.
-    """
-    if math.isfinite(value):
-        return Outcome.COMPLETE, None
-    return Outcome.DIVERGED, f"diverged: final value is {value}"
 
 
 class _TrialLost(Exception):
@@ -115,7 +88,7 @@ def _settle(
     if isinstance(result, optuna.TrialPruned):
         return _finish(loop, trial, sample, start, "pruned", reason=str(result) or None), None
     if isinstance(result, TrialFailure):
-        kind = outcome_of(result).value
+        kind = failure_outcome(result.diverged).value
         step = slot.last_step + 1
         return _finish(loop, trial, sample, start, kind, reason=result.reason, step=step), None
     if isinstance(result, KeyboardInterrupt):
@@ -163,7 +136,7 @@ def _finish(
             outcome, reason = "failed", f"the trainer returned {value!r}, not a number"
             value = None
         else:
-            judged, why = outcome_of_value(value)
+            judged, why = value_outcome(value)
             if judged is not Outcome.COMPLETE:
                 # Optuna refuses to complete a trial with NaN/inf: a divergence the trainer missed.
                 outcome, reason, value = judged.value, why, None
