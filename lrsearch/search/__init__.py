@@ -4,10 +4,12 @@ Layers, bottom up (a module imports only the ones above it in this list):
 
 - :mod:`~lrsearch.search.results`: what a search returns (:class:`TrialOutcome`,
   :class:`SearchSummary`).
+- :mod:`~lrsearch.search.sampler`: which Optuna sampler a ``[sampler] kind`` means (``auto``'s
+  rule included).
 - :mod:`~lrsearch.search.factories`: the study's sampler and pruner (:func:`make_sampler`,
   :func:`make_pruner`).
-- :mod:`~lrsearch.search.prepare`: everything checked before a study is touched
-  (:func:`prepare`, :class:`Prepared`).
+- :func:`prepare` and :class:`Prepared` come from :mod:`lrsearch.training.prepare`: everything
+  checked before a study is touched.
 - :mod:`~lrsearch.search.signals`: SIGTERM / SIGINT during a search.
 - :mod:`~lrsearch.search.liveness`: heartbeats, sweeps of lost trials, re-queueing their
   configurations, and the settings of all that (:class:`Liveness`).
@@ -46,8 +48,8 @@ from lrsearch.search.api import (
     run_worker,
 )
 from lrsearch.search.factories import make_pruner, make_sampler
-from lrsearch.search.prepare import Prepared, prepare
 from lrsearch.storage import FINISHED  # re-exported: readers imported it from here first
+from lrsearch.training.prepare import Prepared, prepare
 
 __all__ = [
     "FINISHED",

@@ -9,13 +9,12 @@ from dataclasses import dataclass
 import optuna
 
 from lrsearch import _optuna_compat as compat
-from lrsearch.confirm import confirm_study, search_budget
+from lrsearch.retrain.confirm import confirm_study, search_budget
 from lrsearch.schema import GROUPS_ATTR
 from lrsearch.search.context import TrainFn, _Loop, _trainer
 from lrsearch.search.factories import make_pruner, make_sampler
 from lrsearch.search.liveness import Liveness
 from lrsearch.search.loop import _search, _summary
-from lrsearch.search.prepare import Prepared, prepare
 from lrsearch.search.results import OnTrial, SearchSummary, TrialOutcome
 from lrsearch.space import enqueue_start
 from lrsearch.spec import StudySpec
@@ -31,6 +30,7 @@ from lrsearch.storage import (
 )
 from lrsearch.tasks import Task
 from lrsearch.training import TrainerLike, resolve_device
+from lrsearch.training.prepare import Prepared, prepare
 from lrsearch.trust import check_stored_entry
 
 __all__ = [

@@ -10,10 +10,10 @@ from typing import Any
 import optuna
 
 from lrsearch.search.liveness import Liveness
-from lrsearch.search.prepare import Prepared
 from lrsearch.search.results import OnTrial
 from lrsearch.storage import ResilientStorage
 from lrsearch.training import DEFAULT, TrainerLike, TrainResult
+from lrsearch.training.prepare import Prepared
 
 TrainFn = Callable[..., TrainResult]
 

@@ -9,6 +9,7 @@ task (which builds the model and its batches):
 - ``stacked`` (with ``stacked_optim``): K trials in one ``torch.func.vmap`` step.
 - ``prefix``: the frozen prefix run without autograd, and its outputs cached across trials.
 - ``evaluate``: a task's metric over batches, one wait per evaluation.
+- ``prepare``: a study's task, groups and space, built and checked once (:func:`prepare`).
 - ``trainer``: :class:`Trainer`, the interface the search calls (``train_one``, ``train_many``),
   owner of the state trials share (the prefix cache, epoch counts).
 

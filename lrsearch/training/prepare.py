@@ -1,4 +1,6 @@
-"""Everything checked before a study is touched: the task loads, its groups resolve, the space fits.
+"""A study's training, set up and checked once: the task loads, its groups resolve, the space fits.
+
+Used by the search before it touches a study, and by the retrainings of ``verify`` and ``confirm``.
 
 :func:`prepare` builds one model to resolve the groups on and weigh them; nothing is written to a
 study before it returns.
@@ -13,7 +15,7 @@ from lrsearch.groups import LayerGroups, resolve_groups
 from lrsearch.space import Sample, SearchSpace
 from lrsearch.spec import StudySpec
 from lrsearch.tasks import Task, load_task
-from lrsearch.training import TrainResult, resolve_device, resolve_precision
+from lrsearch.training.common import TrainResult, resolve_device, resolve_precision
 
 __all__ = ["Prepared", "prepare"]
 
