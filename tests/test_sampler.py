@@ -1,4 +1,4 @@
-"""lrsearch.sampler: the sampler kinds, the ``auto`` rule, and a study run with each."""
+"""lrsearch.search.sampler: the sampler kinds, the ``auto`` rule, and a study run with each."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import optuna
 import pytest
 
 from lrsearch.errors import LrsearchError, SpecError
-from lrsearch.sampler import GP_MAX_DIMENSIONS, GP_MAX_TRIALS, choose_kind
 from lrsearch.search import make_sampler, prepare, run_search
+from lrsearch.search.sampler import GP_MAX_DIMENSIONS, GP_MAX_TRIALS, choose_kind
 from lrsearch.space import SearchSpace
 from lrsearch.spec import StudySpec
 from lrsearch.storage import open_storage

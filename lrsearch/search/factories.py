@@ -1,11 +1,11 @@
-"""The study's sampler and pruner, from its spec (:mod:`lrsearch.sampler` chooses the kind)."""
+"""The study's sampler and pruner from its spec (:mod:`~lrsearch.search.sampler` picks the kind)."""
 
 from __future__ import annotations
 
 import optuna
 
 from lrsearch.limits import SEED_RANGE
-from lrsearch.sampler import build_sampler
+from lrsearch.search.sampler import build_sampler
 from lrsearch.space import SearchSpace
 from lrsearch.spec import StudySpec
 
@@ -15,7 +15,7 @@ __all__ = ["make_pruner", "make_sampler"]
 def make_sampler(
     spec: StudySpec, *, space: SearchSpace | None = None, offset: int = 0, seeded: bool = True
 ) -> optuna.samplers.BaseSampler:
-    """The study's sampler (:mod:`lrsearch.sampler` says which and why).
+    """The study's sampler (:mod:`lrsearch.search.sampler` says which and why).
 
     Args:
         spec: The study's spec; ``[study] seed`` seeds the sampler.
