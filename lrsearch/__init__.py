@@ -52,7 +52,7 @@ _EXPORTS = {
     "load_config": "config",
     "build_optimizer": "config",
     "verify_trial": "verify",
-    "confirm_study": "confirm",
+    "confirm_study": "retrain",
     "BestConfig": "notebook",
 }
 
@@ -119,7 +119,6 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from lrsearch.analysis import load_trials
     from lrsearch.config import build_optimizer, load_config
-    from lrsearch.confirm import confirm_study
     from lrsearch.errors import (
         ExportError,
         GroupError,
@@ -134,6 +133,7 @@ if TYPE_CHECKING:
     from lrsearch.export import export_config, to_python
     from lrsearch.groups import LayerGroups, build_param_groups, make_optimizer, resolve_groups
     from lrsearch.notebook import BestConfig, search
+    from lrsearch.retrain import confirm_study
     from lrsearch.search import SearchSummary, TrialOutcome, run_search, run_worker
     from lrsearch.space import Sample, SearchSpace
     from lrsearch.spec import StudySpec, load_spec

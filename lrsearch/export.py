@@ -19,9 +19,9 @@ from typing import Any
 import optuna
 
 from lrsearch.config import OPTIMIZER_NAMES, SCHEMA, load_config
-from lrsearch.confirm import describe, seed_values
 from lrsearch.errors import ExportError, LrsearchError
 from lrsearch.pick import Rule, numbered, pick, rank_seeded
+from lrsearch.retrain.records import describe, seed_values
 from lrsearch.schema import GROUPS_ATTR
 from lrsearch.spec import TrainSection
 from lrsearch.storage import load_study, stored_spec, trial_info

@@ -222,7 +222,7 @@ def pick(
         trials: The study's trials.
         maximize: The metric's direction.
         rule: How to trade the metric against cost; default: the best metric.
-        seeds: Trial number to its retrained seeds' values (``lrsearch.confirm.seed_values``):
+        seeds: Trial number to its retrained seeds' values (``lrsearch.retrain.seed_values``):
             when given and not empty, only those trials are candidates, judged by their mean.
 
     Raises:

@@ -14,56 +14,57 @@ the same ``K`` reads them back without training; a larger ``K`` trains only the 
 Seeds are ``10000, 10001, ...``, skipping any seed a trial of the search trained with, so the
 verification is out of sample; both configs train with the same seeds (paired data orders).
 
-Torch and the trainer are imported inside :func:`verify_trial`: readers of the stored results
-(``stored_verifications``) need only Optuna.
+The runs are trained and stored by :mod:`lrsearch.retrain` (which ``confirm`` shares); readers of
+the stored results (``stored_verifications``) need only Optuna.
 """
 
 from __future__ import annotations
 
 import math
-import socket
-import statistics
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
 
-from lrsearch import _optuna_compat as compat
-from lrsearch.errors import LrsearchError, TrialFailure
-from lrsearch.pick import metric, numbered, rank
-from lrsearch.schema import Outcome
+from lrsearch.errors import LrsearchError
+from lrsearch.pick import best, metric, numbered, rank
+from lrsearch.retrain.records import (
+    ATTR_PREFIX,
+    SCHEMA,
+    SEED_BASE,
+    RunCallback,
+    search_seeds,
+    stored_verifications,
+    summarize,
+    verify_attr,
+    verify_seeds,
+)
+from lrsearch.retrain.retrainer import Retrainer
 from lrsearch.spec import StudySpec
 from lrsearch.storage import load_study, resolve_url, stored_spec, trial_info
 from lrsearch.trust import check_stored_entry
 
+__all__ = [  # the stored records' readers stay importable from here, as documented
+    "ATTR_PREFIX",
+    "SCHEMA",
+    "SEED_BASE",
+    "baseline_name",
+    "baseline_spec",
+    "is_single_rate",
+    "run_single_baseline",
+    "stored_verifications",
+    "summarize",
+    "verify_attr",
+    "verify_seeds",
+    "verify_trial",
+]
+
 if TYPE_CHECKING:
     from lrsearch.training import TrainResult
 
-ATTR_PREFIX = "lrsearch.verify."
-SCHEMA = "lrsearch/verify/v1"
-# Far above the seeds of any realistic search (study seed + trial number), and skipped if not.
-SEED_BASE = 10_000
 # Rates within this relative tolerance count as one rate (a JSON round trip may move the last bit).
 SAME_RATE_REL_TOL = 1e-9
-
-RunCallback = Callable[[str, int, dict[str, Any]], None]
-
-
-def verify_attr(trial: int) -> str:
-    """The study user attribute that holds the verification runs of ``trial``."""
-    return f"{ATTR_PREFIX}{trial}"
-
-
-def stored_verifications(study: optuna.Study) -> dict[int, dict[str, Any]]:
-    """Every verification stored with ``study``, by trial number (no training, no torch)."""
-    out: dict[int, dict[str, Any]] = {}
-    for key, value in study.user_attrs.items():
-        number = key[len(ATTR_PREFIX) :]
-        if key.startswith(ATTR_PREFIX) and number.isdigit() and isinstance(value, dict):
-            out[int(number)] = value
-    return out
 
 
 def is_single_rate(lrs: dict[str, float]) -> bool:
@@ -79,33 +80,6 @@ def is_single_rate(lrs: dict[str, float]) -> bool:
     if not rates or not all(r > 0 for r in rates):
         return False
     return all(math.isclose(r, rates[0], rel_tol=SAME_RATE_REL_TOL) for r in rates)
-
-
-def verify_seeds(k: int, taken: set[int]) -> list[int]:
-    """The first ``k`` verification seeds: ``SEED_BASE`` upwards, skipping ``taken``."""
-    seeds: list[int] = []
-    seed = SEED_BASE
-    while len(seeds) < k:
-        if seed not in taken:
-            seeds.append(seed)
-        seed += 1
-    return seeds
-
-
-def summarize(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean, sample standard deviation, min and max of the finite values; failures counted apart.
-
-    ``std`` is ``None`` with fewer than two finite values (one seed has no spread).
-    """
-    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
-    return {
-        "n": len(finite),
-        "failed": len(values) - len(finite),
-        "mean": statistics.fmean(finite) if finite else None,
-        "std": statistics.stdev(finite) if len(finite) > 1 else None,
-        "min": min(finite) if finite else None,
-        "max": max(finite) if finite else None,
-    }
 
 
 def verify_trial(
@@ -212,76 +186,6 @@ def verify_trial(
     }
 
 
-def search_seeds(study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial]) -> set[int]:
-    """The seeds the search's trials trained with (``[study] seed`` + trial number)."""
-    base = stored_spec(study).study.seed or 0
-    return {base + t.number for t in trials}
-
-
-class Retrainer:
-    """Retrains trials of one study with given seeds, each run stored as soon as it ends.
-
-    Runs already stored for a seed are read back, not trained again. The task is built on the
-    first run that trains (stored runs need no task, no torch).
-    """
-
-    def __init__(
-        self,
-        storage: optuna.storages.BaseStorage,
-        study: optuna.Study,
-        *,
-        device: str | None = None,
-        train_fn: Callable[..., TrainResult] | None = None,
-        allow_tasks: Sequence[str] = (),
-    ) -> None:
-        self.storage = storage
-        self.study = study
-        self.spec = stored_spec(study)
-        self.allow_tasks = allow_tasks
-        self.device = device
-        self.train_fn = train_fn
-        self._prepared: Any = None
-
-    def runs(
-        self,
-        frozen: optuna.trial.FrozenTrial,
-        seeds: Sequence[int],
-        *,
-        role: str = "",
-        on_run: RunCallback | None = None,
-    ) -> tuple[list[dict[str, Any]], int]:
-        """The trial's run for each seed (in ``seeds``' order) and how many were trained now."""
-        info = trial_info(frozen)
-        search_seed = self.spec.study.seed or 0
-        known = {
-            r["seed"]: r for r in _stored_runs(self.storage, self.study, verify_attr(frozen.number))
-        }
-        runs, new = [], 0
-        for seed in seeds:
-            if seed not in known:
-                if self._prepared is None:
-                    # Checked before the task is first imported (lrsearch.trust).
-                    check_stored_entry(
-                        self.spec.task.entry, self.study.study_name, self.allow_tasks
-                    )
-                    self._prepared = _prepare(self.spec, self.device, self.train_fn)
-                run = _train_one(self._prepared, info, seed, self.device)
-                known[seed] = run
-                new += 1
-                _store(self.storage, self.study, frozen, info, search_seed, run)
-                if on_run is not None:
-                    on_run(role, frozen.number, run)
-            runs.append(known[seed])
-        return runs, new
-
-
-def stored_values(
-    storage: optuna.storages.BaseStorage, study: optuna.Study, trial: int
-) -> list[float | None]:
-    """The values of every run stored for ``trial`` (``None`` for one that failed or diverged)."""
-    return [r.get("value") for r in _stored_runs(storage, study, verify_attr(trial))]
-
-
 def _pick(
     study: optuna.Study,
     trials: list[optuna.trial.FrozenTrial],
@@ -330,81 +234,10 @@ def _reference(
             "the study has no single-learning-rate trial (a complete trial with every group "
             "trained at one rate) to compare with"
         )
-    sign = -1.0 if maximize else 1.0
-    best = min(single, key=lambda t: (sign * (metric(t) or 0.0), t.number))
-    rate = next(iter(trial_info(best)["lrs"].values()))
-    return best, f"reference: trial {best.number}, the best single-rate trial (lr {rate:.3g})"
-
-
-def _prepare(spec: Any, device: str | None, train_fn: Callable[..., TrainResult] | None) -> Any:
-    """The task, groups and trainer, built once (torch is imported here, not at import time)."""
-    from lrsearch.search import prepare
-    from lrsearch.training import train_trial
-
-    return prepare(spec, device=device), train_fn or train_trial
-
-
-def _train_one(
-    prepared: Any, info: dict[str, Any], seed: int, device: str | None
-) -> dict[str, Any]:
-    # Imported when used: lrsearch.search imports this module (through lrsearch.confirm).
-    from lrsearch.search.fate import outcome_of, outcome_of_value
-    from lrsearch.space import Sample
-
-    setup, train = prepared
-    sample = Sample(lrs=dict(info["lrs"]), weight_decay=info["weight_decay"])
-    run: dict[str, Any] = {"seed": seed, "value": None, "outcome": "complete", "reason": None}
-    try:
-        result = train(setup.task, setup.groups, sample, setup.spec.train, device=device, seed=seed)
-    except TrialFailure as e:
-        # A seed that diverges is evidence too (an unstable config): kept, never raised.
-        run.update(outcome=outcome_of(e).value, reason=e.reason)
-        run.update(seconds=None, device=device or "auto")
-    else:
-        value = float(result.value)
-        outcome, reason = outcome_of_value(value)
-        if outcome is Outcome.COMPLETE:
-            run["value"] = value
-        else:
-            run.update(outcome=outcome.value, reason=reason)
-        run.update(seconds=round(result.seconds, 3), device=result.device)
-    run["host"] = socket.gethostname()
-    run["at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return run
-
-
-def _stored_runs(
-    storage: optuna.storages.BaseStorage, study: optuna.Study, attr: str
-) -> list[dict[str, Any]]:
-    # Read from the storage, not the study object: another `verify` may have stored runs since.
-    record = storage.get_study_user_attrs(compat.study_id(study)).get(attr)
-    if not isinstance(record, dict) or not isinstance(record.get("runs"), list):
-        return []
-    return [r for r in record["runs"] if isinstance(r, dict) and isinstance(r.get("seed"), int)]
-
-
-def _store(
-    storage: optuna.storages.BaseStorage,
-    study: optuna.Study,
-    trial: optuna.trial.FrozenTrial,
-    info: dict[str, Any],
-    search_seed: int,
-    run: dict[str, Any],
-) -> None:
-    """Add ``run`` to the trial's record, after each run: an interrupted verify keeps its work."""
-    attr = verify_attr(trial.number)
-    # Re-read just before writing, so runs another process stored meanwhile are kept.
-    runs = [r for r in _stored_runs(storage, study, attr) if r["seed"] != run["seed"]]
-    record = {
-        "schema": SCHEMA,
-        "trial": trial.number,
-        "lrs": dict(info["lrs"]),
-        "weight_decay": info["weight_decay"],
-        "search_value": metric(trial),
-        "search_seed": search_seed + trial.number,
-        "runs": sorted([*runs, run], key=lambda r: r["seed"]),
-    }
-    storage.set_study_user_attr(compat.study_id(study), attr, record)
+    top = best(single, maximize=maximize)
+    assert top is not None  # every trial of `single` is a candidate
+    rate = next(iter(trial_info(top)["lrs"].values()))
+    return top, f"reference: trial {top.number}, the best single-rate trial (lr {rate:.3g})"
 
 
 def _compare(configs: list[dict[str, Any]], maximize: bool) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""Noise-aware winners: lrsearch.confirm, the mean ranking of lrsearch.pick, and what shows it."""
+"""Noise-aware winners: lrsearch.retrain.confirm, pick's mean ranking, and what shows it."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from lrsearch.cli import main
-from lrsearch.confirm import CONFIRM_ATTR, confirm_study, seed_values
 from lrsearch.errors import LrsearchError
 from lrsearch.export import export_config
 from lrsearch.pick import Rule, pick, pooled_sd, rank_seeded
 from lrsearch.report import collect
+from lrsearch.retrain import confirm_study, seed_values
+from lrsearch.schema import CONFIRM_ATTR
 from lrsearch.search import create_study, run_search, run_worker
 from lrsearch.spec import StudySpec
 from lrsearch.storage import open_storage

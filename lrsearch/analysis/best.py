@@ -10,9 +10,9 @@ import optuna
 from optuna.trial import TrialState
 
 from lrsearch.analysis.studies import _readable
-from lrsearch.confirm import describe, seed_values
 from lrsearch.errors import LrsearchError
 from lrsearch.pick import Rule, Seeded, candidates, cost, pareto_front, pick, rank, rank_seeded
+from lrsearch.retrain.records import describe, seed_values
 from lrsearch.schema import OUTCOME_ATTR, SPEC_ATTR
 from lrsearch.storage import load_study, stored_spec, trial_info
 

@@ -148,7 +148,7 @@ def confirm(
     allow_tasks: tuple[str, ...],
 ) -> None:
     """Retrain the best trials with more seeds; best, export and report then rank by the mean."""
-    from lrsearch.confirm import confirm_study
+    from lrsearch.retrain import confirm_study
     from lrsearch.storage import open_storage
 
     progress = run_progress(with_role=False)

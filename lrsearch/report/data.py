@@ -23,8 +23,8 @@ from lrsearch.analysis import (
     study_groups,
     trials_frame,
 )
-from lrsearch.confirm import describe, seed_values
 from lrsearch.pick import candidates, pick, rank_seeded
+from lrsearch.retrain.records import describe, seed_values
 from lrsearch.storage import load_study, open_storage
 
 if TYPE_CHECKING:

@@ -44,7 +44,7 @@ class SearchSummary:
     # Of ``seconds``, the time the trainer computed (its reports' storage writes and pruning
     # checks not counted); the rest went to asking, sampling, telling, sweeps and waits.
     training_seconds: float = 0.0
-    # [winner] reseeds: what lrsearch.confirm found once the search budget was met.
+    # [winner] reseeds: what lrsearch.retrain.confirm found once the search budget was met.
     confirmation: dict[str, Any] | None = None
 
     def count(self, outcome: str) -> int:

@@ -204,9 +204,9 @@ class SamplerSection:
 
 @dataclass(frozen=True)
 class WinnerSection:
-    """Noise-aware winners (lrsearch.confirm): after the search, the ``top_k`` best trials are
-    retrained with ``reseeds`` more seeds each, counted in ``[study] n_trials``, and ranked by
-    their mean; 0 reseeds: the winner is the best single value."""
+    """Noise-aware winners (lrsearch.retrain.confirm): after the search, the ``top_k`` best
+    trials are retrained with ``reseeds`` more seeds each, counted in ``[study] n_trials``, and
+    ranked by their mean; 0 reseeds: the winner is the best single value."""
 
     reseeds: int = field(default=0, metadata={"minimum": 0})
     top_k: int = field(default=3, metadata={"minimum": 1})

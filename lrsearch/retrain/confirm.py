@@ -26,14 +26,23 @@ import optuna
 
 from lrsearch import _optuna_compat as compat
 from lrsearch.errors import LrsearchError
-from lrsearch.pick import Seeded, pooled_sd, rank, rank_seeded
+from lrsearch.pick import pooled_sd, rank, rank_seeded
+from lrsearch.retrain.records import (
+    RunCallback,
+    describe,
+    search_seeds,
+    seed_values,
+    verify_seeds,
+)
+from lrsearch.retrain.retrainer import Retrainer
 from lrsearch.schema import CONFIRM_ATTR
 from lrsearch.spec import StudySpec
 from lrsearch.storage import load_study, stored_spec
-from lrsearch.verify import Retrainer, RunCallback, search_seeds, stored_values, verify_seeds
 
 if TYPE_CHECKING:
     from lrsearch.training import TrainResult
+
+__all__ = ["confirm_study", "search_budget"]
 
 
 def search_budget(spec: StudySpec, n_trials: int) -> int:
@@ -49,30 +58,6 @@ def search_budget(spec: StudySpec, n_trials: int) -> int:
             "retrainings (reseeds x top_k); raise --n-trials or lower [winner] reseeds / top_k"
         )
     return n_trials - reserved
-
-
-def seed_values(
-    study: optuna.Study, storage: optuna.storages.BaseStorage | None = None
-) -> dict[int, list[float | None]]:
-    """Each confirmed trial's retrained values (``{}``: the study was never confirmed)."""
-    record = study.user_attrs.get(CONFIRM_ATTR)
-    if not isinstance(record, dict):
-        return {}
-    store = storage if storage is not None else compat.study_storage(study)
-    numbers = [n for n in record.get("trials", []) if isinstance(n, int)]
-    return {n: stored_values(store, study, n) for n in numbers}
-
-
-def describe(seeded: list[Seeded]) -> str:
-    """One line saying how the winner was ranked, for ``best``, ``export`` and ``report``."""
-    best = seeded[0]
-    sd = pooled_sd(seeded)
-    spread = "" if sd is None else f"; one seed's sd {sd:.3g}"
-    return (
-        f"ranked by the mean over seeds (lrsearch confirm): {len(seeded)} trial(s) retrained; "
-        f"trial {best.trial.number} has mean {best.mean:.4g} over {len(best.values)} seed(s)"
-        f"{spread}"
-    )
 
 
 def confirm_study(
