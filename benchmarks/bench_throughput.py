@@ -17,6 +17,10 @@ network frozen), trial ``i`` with seed ``i`` as a search would, on the same task
 - **cache**: ``prefix_cache = true``. The first trial computes the prefix's outputs for every
   example (reported apart, as ``first_trial_seconds``); the others (and the first sample once more,
   to show a hit gives what the miss gave) read them. Its figures are the warm trials'.
+- **compiled** (only when ``--modes`` names it): ``plain`` with ``[train] compile = true``. Its
+  first trial compiles (reported apart, as ``first_trial_seconds``) and runs sample 0 again
+  afterwards; its figures are the warm trials'. It agrees with ``plain`` where the trained part has
+  no dropout (compiled kernels draw their own random numbers).
 - **batched_k4**, **batched_k8**: ``lrsearch.training.train_batched``, K trials in one vmapped step;
   where ``can_batch`` or the first step refuses, the reason is recorded instead of a number.
 
@@ -91,6 +95,7 @@ import _common  # noqa: E402
 DEFAULT_OUT = _HERE / "results" / "throughput.json"
 TARGET = 3.0  # the issue's: at least 3x with the cache when half the network is frozen
 ONE_AT_A_TIME = ("naive", "plain", "freeze_aware", "cache")
+OPTIONAL = ("compiled",)  # run only when --modes names them
 NAIVE_LR = 1e-30  # "frozen" as a tuner without freezing has it: trained, but no weight moves
 CACHE_DROPOUT = "dropout in the frozen prefix, which runs in eval mode with prefix_cache"
 AGREE = 1e-6  # accuracies: equal up to float noise in the last digit
@@ -299,12 +304,14 @@ def one_at_a_time(
     device: torch.device,
 ) -> dict[str, Any]:
     """Each sample as its own trial; the cache mode reports its filling trial apart."""
-    cfg = replace(cfg, prefix_cache=mode == "cache")
-    run_task: Task = Plain(task) if mode in ("plain", "naive") else task
+    cfg = replace(cfg, prefix_cache=mode == "cache", compile=mode == "compiled")
+    run_task: Task = Plain(task) if mode in ("plain", "naive", "compiled") else task
     if mode == "naive":
         todo = [naive(s) for s in todo]
     training.clear_cache()
-    order = list(range(len(todo))) + ([0] if mode == "cache" else [])
+    # The cache fills on sample 0 and serves it again last; compile compiles on an extra sample 0.
+    order = ([0] if mode == "compiled" else []) + list(range(len(todo)))
+    order += [0] if mode == "cache" else []
     walls, cpus, values, results = [], [], [], []
     meter = Meter(device)
     for i in order:
@@ -332,6 +339,11 @@ def one_at_a_time(
         out["miss_equals_hit"] = abs(values[-1] - values[0]) <= AGREE
         out |= _figures(walls[1:], cpus[1:])
         values = values[:-1]
+    elif mode == "compiled":
+        out["first_trial_seconds"] = round(walls[0], 4)  # the compilation
+        out["first_trial_cpu_seconds"] = round(cpus[0], 4)
+        out |= _figures(walls[1:], cpus[1:])
+        values = values[1:]
     else:
         out |= _figures(walls, cpus)
     out["values"] = values
@@ -439,6 +451,8 @@ def bench_task(
         reason = why_not.get(name)
         if name.startswith("batched") and _has(model, [""], _is_dropout):
             reason = "dropout: vmap draws its masks per copy, not as a lone trial would"
+        if name == "compiled" and _has(model, [""], _is_dropout):
+            reason = "dropout: compiled kernels draw their own random numbers"
         mode["expected_to_agree"] = reason is None
         if reason is not None:
             mode["why_values_differ"] = reason
@@ -700,7 +714,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--modes",
         default=",".join(ONE_AT_A_TIME),
-        help="one-at-a-time modes to run, comma separated (batched ones come from --ks)",
+        help="one-at-a-time modes to run, comma separated (batched ones come from --ks); "
+        f"also {', '.join(OPTIONAL)} (not by default)",
     )
     parser.add_argument("--trials", type=int, default=8, help="samples, each trained in every mode")
     parser.add_argument("--ks", default="4,8", help="batched trial counts K, comma separated")
@@ -723,8 +738,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         parser.error(f"--tasks: unknown {unknown}; choose from {', '.join(known)}")
     ks = [int(k) for k in args.ks.split(",") if k.strip()]
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
-    if any(m not in ONE_AT_A_TIME for m in modes) or "plain" not in modes:
-        parser.error(f"--modes: choose from {', '.join(ONE_AT_A_TIME)}, plain included")
+    if any(m not in ONE_AT_A_TIME + OPTIONAL for m in modes) or "plain" not in modes:
+        parser.error(f"--modes: choose from {', '.join(ONE_AT_A_TIME + OPTIONAL)}, plain included")
     if args.trials < 1 or any(k < 1 for k in ks):
         parser.error("--trials and every K must be >= 1")
     if args.sweep_trials < 0:

@@ -2,7 +2,8 @@
 # One GPU check, under 8 minutes: the GPU tests, the throughput benchmark (MiniLM at its default
 # size and at a realistic one), the hand-written anchor, one GPU shared by workers against batched
 # trials, and a profile of where a trial's time goes, each step time-boxed, all on CUDA
-# (GPU_CHECK_SEARCH=1 adds the MiniLM search-quality benchmark, ~90 s more). Figures land in one
+# (GPU_CHECK_SEARCH=1 adds the MiniLM search-quality benchmark, ~90 s more; GPU_CHECK_COMPILE=1
+# times [train] compile against plain, up to 150 s more). Figures land in one
 # folder: $OUT if set (the device tool's result folder), else benchmarks/results/gpu. A step that
 # fails or runs out of time is logged and the next one runs.
 #
@@ -50,6 +51,10 @@ step gpu_share 100 python3 benchmarks/bench_gpu_share.py --device cuda --trials 
   --workers 4 --out "$out/gpu_share_cuda.json"
 step profile 50 python3 benchmarks/profile_trial.py --device cuda --size default --trials 3 --k 8 \
   --chunks 1 --out "$out/profile_trial_cuda.json"
+if [ "${GPU_CHECK_COMPILE:-0}" = 1 ]; then  # [train] compile against plain (compiling: ~1 min)
+  step compile 150 python3 benchmarks/bench_throughput.py --device cuda --tasks minilm \
+    --trials 8 --ks "" --modes plain,compiled --sweep-trials 0 --out "$out/compile_cuda.json"
+fi
 if [ "${GPU_CHECK_SEARCH:-0}" = 1 ]; then  # ~90 s more: over the 8 minutes with the steps above
   step search_quality 130 python3 benchmarks/bench_search_quality.py --tasks minilm --trials 30 \
     --device cuda --out "$out/search_quality_cuda.json" \

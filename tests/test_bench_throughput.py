@@ -105,3 +105,21 @@ def test_naive_trains_every_group_but_moves_no_frozen_weight(bench: ModuleType) 
     # An AdamW step of that size leaves a float32 weight where it was.
     w = torch.tensor([0.02, -1.5, 3e-4])
     assert torch.equal(w - bench.NAIVE_LR * torch.ones(3), w)
+
+
+@pytest.mark.slow  # torch.compile builds its kernels first: tens of seconds on this CPU
+def test_the_compiled_mode_trains_what_plain_trains(bench: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "compiled.json"
+    argv = ["--tasks", "digits", "--size", "tiny", "--trials", "2", "--ks", "", "--modes"]
+    saved = bench.main([*argv, "plain,compiled", "--sweep-trials", "0", "--out", str(out)])
+    modes = saved["tasks"]["digits"]["modes"]
+    assert tuple(modes) == ("plain", "compiled")
+    compiled = modes["compiled"]
+    assert len(compiled["values"]) == 2 and len(compiled["seconds"]) == 2  # the compile apart
+    assert compiled["first_trial_seconds"] > 0
+    assert compiled["expected_to_agree"] and compiled["agrees_with_plain"], compiled
+
+
+def test_an_unknown_mode_is_refused(bench: ModuleType) -> None:
+    with pytest.raises(SystemExit):
+        bench.main(["--tasks", "digits", "--modes", "plain,turbo"])
