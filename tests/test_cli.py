@@ -364,14 +364,16 @@ def test_worker_threads_sets_torch_threads_before_training(
 
 
 @pytest.mark.parametrize(
-    ("omp", "expected"),
+    ("omp", "busy", "expected"),
     [
-        ("1", 3),  # $OMP_NUM_THREADS set (as launch does): torch is left with what it has
-        (None, 2),  # else one thread per physical core this process may use
+        ("1", 1, 3),  # $OMP_NUM_THREADS set (as launch does): torch is left with what it has
+        (None, 0, 2),  # else one thread per physical core this process may use ...
+        (None, 1, 1),  # ... that the load average does not show busy, and a note says so
     ],
 )
 def test_run_default_threads(
     omp: str | None,
+    busy: int,
     expected: int,
     threads_seen: list[int],
     sqlite_url: str,
@@ -380,6 +382,7 @@ def test_run_default_threads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("lrsearch.threads.physical_cores", lambda *a, **k: 2)
+    monkeypatch.setattr("lrsearch.threads.sampled_busy", lambda *a, **k: float(busy))
     if omp is None:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     else:
@@ -389,6 +392,8 @@ def test_run_default_threads(
     result = invoke("run", str(spec), "--storage", sqlite_url, "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert threads_seen and set(threads_seen) == {expected}
+    note = "lrsearch: note: 1 CPU thread(s) of 2 cores: the load average says other work"
+    assert (note in result.output) == (expected == 1), result.output
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "two"])

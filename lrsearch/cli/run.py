@@ -69,6 +69,16 @@ def _interrupts() -> Iterator[_Interrupts]:
                 signal.signal(s, signal.SIG_DFL if old is None else old)
 
 
+def _set_threads(threads: int | None) -> None:
+    """Torch's CPU threads for a command that trains; a note when the load took some away."""
+    from lrsearch.threads import fewer_note, set_threads
+
+    chosen = set_threads(threads)
+    note = fewer_note(chosen) if threads is None else None
+    if note:
+        click.echo(note, err=True)
+
+
 @click.command()
 @spec_argument
 @storage_option
@@ -96,10 +106,9 @@ def run(
     """Run (or resume) the study in SPEC until its budget of trials is met."""
     from lrsearch.search import run_search
     from lrsearch.spec import load_spec
-    from lrsearch.threads import set_threads
 
     spec = load_spec(spec_file)
-    set_threads(threads)
+    _set_threads(threads)
     bar = ProgressBar()
     try:
         with _interrupts() as interrupts:
@@ -170,9 +179,8 @@ def worker(
 ) -> None:
     """Join a study and run its trials until its budget is met (SIGTERM: stop cleanly, exit 0)."""
     from lrsearch.search import run_worker
-    from lrsearch.threads import set_threads
 
-    set_threads(threads)
+    _set_threads(threads)
     try:
         with _interrupts() as interrupts:
             summary = run_worker(
