@@ -31,13 +31,6 @@ import sys
 import types
 from typing import Any
 
-from lrsearch.schema import (  # re-exported: readers imported them from here first
-    GROUPS_ATTR,
-    OUTCOME_ATTR,
-    REASON_ATTR,
-    RETRY_OF_ATTR,
-    TRIAL_ATTR,
-)
 from lrsearch.search.api import (
     CreatedStudy,
     Liveness,
@@ -48,16 +41,9 @@ from lrsearch.search.api import (
     run_worker,
 )
 from lrsearch.search.factories import make_pruner, make_sampler
-from lrsearch.storage import FINISHED  # re-exported: readers imported it from here first
 from lrsearch.training.prepare import Prepared, prepare
 
 __all__ = [
-    "FINISHED",
-    "GROUPS_ATTR",
-    "OUTCOME_ATTR",
-    "REASON_ATTR",
-    "RETRY_OF_ATTR",
-    "TRIAL_ATTR",
     "CreatedStudy",
     "Liveness",
     "Prepared",

@@ -47,14 +47,6 @@ Who owns what (each module imports only those listed below it):
 from __future__ import annotations
 
 from lrsearch.masking import mask_url
-from lrsearch.schema import (  # re-exported: readers imported them from here first
-    OUTCOME_ATTR,
-    RETRY_OF_ATTR,
-    SPEC_ATTR,
-    TRIAL_ATTR,
-    BudgetCount,
-    Outcome,
-)
 from lrsearch.storage.engine import (
     DEFAULT_DB_WAIT_S,
     NETWORK_FILESYSTEMS,
@@ -90,16 +82,10 @@ __all__ = [
     "FINISHED",
     "NETWORK_FILESYSTEMS",
     "NETWORK_SQLITE_ENV_VAR",
-    "OUTCOME_ATTR",
-    "RETRY_OF_ATTR",
-    "SPEC_ATTR",
     "SPEC_WAIT_S",
     "SQLITE_BUSY_TIMEOUT_S",
     "STORAGE_RETRY_S",
-    "TRIAL_ATTR",
     "WAIT_ENV_VAR",
-    "BudgetCount",
-    "Outcome",
     "ResilientStorage",
     "StudyLook",
     "count_budget",
