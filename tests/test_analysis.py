@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner, Result
 from conftest import RUN_PREFIX, toy_spec_data
+from optuna.trial import TrialState
 
 import lrsearch
 from lrsearch.analysis import (
@@ -33,6 +34,8 @@ from lrsearch.analysis import (
     group_stats,
     load_curves,
     load_trials,
+    trial_record,
+    trial_state,
     trials_frame,
     write_trials,
 )
@@ -521,3 +524,23 @@ def test_writing_to_a_missing_folder_is_one_line(planned: tuple[str, str], tmp_p
     result = invoke("trials", "--study", name, "--storage", url, "--format", "csv", "-o", str(out))
     assert result.exit_code == 1
     assert "cannot write" in error_line(result)
+
+
+@pytest.mark.parametrize(
+    ("state", "attrs", "expected"),
+    [
+        (TrialState.COMPLETE, {}, "complete"),
+        (TrialState.FAIL, {}, "failed"),  # a plain Optuna failure: the listing's word, not "fail"
+        (TrialState.FAIL, {"lrsearch.outcome": "interrupted"}, "interrupted"),
+        (TrialState.PRUNED, {"lrsearch.outcome": "diverged"}, "diverged"),
+    ],
+)
+def test_a_trial_record_names_its_state_as_the_trial_listing_does(
+    state: TrialState, attrs: dict[str, Any], expected: str
+) -> None:
+    trial = optuna.trial.create_trial(
+        state=state,
+        value=0.5 if state == TrialState.COMPLETE else None,
+        user_attrs=attrs,
+    )
+    assert trial_record(trial)["state"] == expected == trial_state(trial)

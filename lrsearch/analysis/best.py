@@ -10,10 +10,11 @@ import optuna
 from optuna.trial import TrialState
 
 from lrsearch.analysis.studies import _readable
+from lrsearch.analysis.trials import trial_state
 from lrsearch.errors import LrsearchError
 from lrsearch.pick import Rule, Seeded, candidates, cost, pareto_front, pick, rank, rank_seeded
 from lrsearch.retrain.records import describe, seed_values
-from lrsearch.schema import OUTCOME_ATTR, SPEC_ATTR
+from lrsearch.schema import SPEC_ATTR
 from lrsearch.storage import load_study, stored_spec, trial_info
 
 
@@ -21,7 +22,7 @@ def trial_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """A trial as plain data: number, state, value, per-group rates, frozen groups, duration."""
     info = trial_info(trial)
     lrs: dict[str, float] = info["lrs"]
-    outcome = trial.user_attrs.get(OUTCOME_ATTR) or trial.state.name.lower()
+    outcome = trial_state(trial)  # the listing's words: failed, not Optuna's FAIL
     return {
         "trial": trial.number,
         "state": outcome,
