@@ -92,8 +92,13 @@ def busy_cores(
             load = os.getloadavg()[0]
         except (AttributeError, OSError):  # no load average (Windows)
             load = 0.0
-    total = max(cpu_count or os.cpu_count() or cpus, cpus, 1)
-    return min(cores, int(load * cores / total + 0.5))
+    return _as_cores(load, max(cpu_count or os.cpu_count() or cpus, cpus), cores)
+
+
+def _as_cores(busy: float, cpus: int, cores: int) -> int:
+    """``busy`` of ``cpus`` logical CPUs as physical cores of ``cores``: rounded, at most
+    ``cores`` (a core's two busy hyperthreads are one busy core)."""
+    return min(cores, int(busy * cores / max(1, cpus) + 0.5))
 
 
 def _cpu_times(cpus: Collection[int], stat: Path) -> dict[int, tuple[int, int]]:
@@ -162,21 +167,18 @@ def default_threads(
     if busy is None:
         cpus = usable_cpus()
         now = sampled_busy(cpus)
-        if now is None:
-            busy = busy_cores(cores, len(cpus))
-        else:  # logical CPUs to physical cores: a core's two busy hyperthreads are one core
-            busy = min(cores, int(now * cores / max(1, len(cpus)) + 0.5))
+        busy = busy_cores(cores, len(cpus)) if now is None else _as_cores(now, len(cpus), cores)
     return max(1, cores - busy)
 
 
 def fewer_note(chosen: int | None, cores: int | None = None) -> str | None:
-    """A line for the user when the default took fewer threads than cores (the load said so)."""
+    """A line for the user when the default took fewer threads than cores (others' work)."""
     cores = physical_cores() if cores is None else cores
     if chosen is None or chosen >= cores:
         return None
     return (
-        f"lrsearch: note: {chosen} CPU thread(s) of {cores} cores: the load average says other "
-        "work keeps the rest busy; --threads N to choose"
+        f"lrsearch: note: {chosen} CPU thread(s) of {cores} cores: other work keeps the rest "
+        "busy; --threads N to choose"
     )
 
 

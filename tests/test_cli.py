@@ -392,7 +392,7 @@ def test_run_default_threads(
     result = invoke("run", str(spec), "--storage", sqlite_url, "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert threads_seen and set(threads_seen) == {expected}
-    note = "lrsearch: note: 1 CPU thread(s) of 2 cores: the load average says other work"
+    note = "lrsearch: note: 1 CPU thread(s) of 2 cores: other work keeps the rest busy"
     assert (note in result.output) == (expected == 1), result.output
 
 
