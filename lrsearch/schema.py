@@ -31,6 +31,7 @@ __all__ = [
     "Outcome",
     "counts_against_budget",
     "failure_outcome",
+    "state_word",
     "value_outcome",
 ]
 
@@ -72,20 +73,18 @@ class Outcome(str, Enum):
         """The name of the ``optuna.trial.TrialState`` the outcome is stored as."""
         return _OPTUNA_STATE[self]
 
-    @property
-    def has_value(self) -> bool:
-        """Whether a trial with this outcome has a final value (only a complete one does)."""
-        return self is Outcome.COMPLETE
 
-    @classmethod
-    def of(cls, optuna_state: str, stored: str | None) -> Outcome | None:
-        """The outcome of a stored trial from its Optuna state's name and its ``OUTCOME_ATTR``;
-        ``None`` for one not finished (RUNNING, WAITING)."""
-        if stored is not None:
-            return cls(stored)
-        return {"COMPLETE": cls.COMPLETE, "PRUNED": cls.PRUNED, "FAIL": cls.FAILED}.get(
-            optuna_state
-        )
+def state_word(optuna_state: str, stored: str | None) -> str:
+    """The word a listing shows for a stored trial (one of :data:`STATES`).
+
+    lrsearch's own outcome (``OUTCOME_ATTR``) wins where one is stored, since a diverged trial is
+    stored PRUNED and an interrupted one FAIL; else the Optuna state's word.
+
+    Args:
+        optuna_state: The name of its ``optuna.trial.TrialState``.
+        stored: Its ``OUTCOME_ATTR``, or ``None``.
+    """
+    return str(stored) if stored else _STATE_WORDS[optuna_state]
 
 
 def failure_outcome(diverged: bool) -> Outcome:
@@ -112,6 +111,14 @@ _OPTUNA_STATE = {
 }
 # The states a listing of trials can show: every outcome, then the trials not finished yet.
 STATES: tuple[str, ...] = (*(o.value for o in Outcome), "running", "waiting")
+# A trial without a stored outcome, by its Optuna state's name.
+_STATE_WORDS = {
+    "COMPLETE": Outcome.COMPLETE.value,
+    "PRUNED": Outcome.PRUNED.value,
+    "FAIL": Outcome.FAILED.value,
+    "RUNNING": "running",
+    "WAITING": "waiting",
+}
 # Optuna states whose trials have ended (TrialState names).
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 

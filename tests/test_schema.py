@@ -17,6 +17,7 @@ from lrsearch.schema import (
     BudgetCount,
     Outcome,
     counts_against_budget,
+    state_word,
 )
 
 
@@ -39,16 +40,27 @@ def test_outcomes_are_strings_as_stored() -> None:
 )
 def test_each_outcome_has_one_optuna_state(outcome: Outcome, state: TrialState) -> None:
     assert TrialState[outcome.optuna_state] is state
-    assert outcome.has_value == (outcome is Outcome.COMPLETE)
 
 
-def test_outcome_of_a_stored_trial() -> None:
-    assert Outcome.of("COMPLETE", None) is Outcome.COMPLETE
-    assert Outcome.of("PRUNED", "diverged") is Outcome.DIVERGED
-    assert Outcome.of("FAIL", None) is Outcome.FAILED
-    assert Outcome.of("RUNNING", None) is None
-    with pytest.raises(ValueError):
-        Outcome.of("FAIL", "exploded")
+@pytest.mark.parametrize(
+    ("state", "stored", "word"),
+    [
+        ("COMPLETE", None, "complete"),
+        ("PRUNED", None, "pruned"),
+        ("PRUNED", "diverged", "diverged"),  # stored PRUNED: lrsearch's word wins
+        ("FAIL", None, "failed"),
+        ("FAIL", "interrupted", "interrupted"),
+        ("RUNNING", None, "running"),
+        ("WAITING", None, "waiting"),
+    ],
+)
+def test_the_word_of_a_stored_trial(state: str, stored: str | None, word: str) -> None:
+    assert state_word(state, stored) == word
+    assert word in STATES
+
+
+def test_every_optuna_state_has_a_word() -> None:
+    assert {state_word(s.name, None) for s in TrialState} <= set(STATES)
 
 
 def test_states_list_every_outcome_then_the_unfinished() -> None:

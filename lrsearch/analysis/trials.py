@@ -18,7 +18,7 @@ from lrsearch.errors import LrsearchError
 from lrsearch.pick import cost, rank_key
 
 # Not from lrsearch.search: that imports torch, and `lrsearch best` should start fast.
-from lrsearch.schema import OUTCOME_ATTR, REASON_ATTR, STATES, Outcome
+from lrsearch.schema import OUTCOME_ATTR, REASON_ATTR, STATES, Outcome, state_word
 from lrsearch.storage import load_study, trial_info
 
 if TYPE_CHECKING:
@@ -40,13 +40,6 @@ _FIXED_COLUMNS = (
     "n_evaluations",
 )
 # A trial's outcome from Optuna's state, when lrsearch stored no word of its own.
-_STATE_NAMES = {
-    TrialState.COMPLETE: Outcome.COMPLETE.value,
-    TrialState.PRUNED: Outcome.PRUNED.value,
-    TrialState.FAIL: Outcome.FAILED.value,
-    TrialState.RUNNING: "running",
-    TrialState.WAITING: "waiting",
-}
 
 
 def trial_state(trial: optuna.trial.FrozenTrial) -> str:
@@ -55,8 +48,7 @@ def trial_state(trial: optuna.trial.FrozenTrial) -> str:
     lrsearch's own word (``lrsearch.outcome``) wins over Optuna's state: a diverged trial is stored
     as PRUNED, an interrupted one as FAIL.
     """
-    outcome = trial.user_attrs.get(OUTCOME_ATTR)
-    return str(outcome) if outcome else _STATE_NAMES[trial.state]
+    return state_word(trial.state.name, trial.user_attrs.get(OUTCOME_ATTR))
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
