@@ -29,6 +29,7 @@ from lrsearch.cli.options import (
     threads_option,
 )
 from lrsearch.cli.text import ProgressBar, summary_text, trial_line
+from lrsearch.schema import Outcome
 
 
 class _Interrupts:
@@ -197,7 +198,7 @@ def worker(
         click.echo("lrsearch: worker stopped before its first trial", err=True)
         return
     click.echo(summary_text(summary))
-    stopped = [o.number for o in summary.outcomes if o.outcome == "interrupted"]
+    stopped = [o.number for o in summary.outcomes if o.outcome == Outcome.INTERRUPTED]
     if stopped:
         click.echo(
             f"lrsearch: worker stopped; trial {stopped[0]} queued again for others", err=True

@@ -14,6 +14,13 @@ from typing import Any
 
 import click
 
+from lrsearch.schema import Outcome
+
+# The outcomes a run's summary line counts, in its order; the progress bar shows the same counts
+# (a diverged trial is not counted as pruned in one and apart in the other), the first two always.
+_COUNTED = (Outcome.COMPLETE, Outcome.PRUNED, Outcome.DIVERGED, Outcome.FAILED)
+_ALWAYS_SHOWN = (Outcome.COMPLETE, Outcome.PRUNED)
+
 
 def fmt(value: Any) -> str:
     """A value as a table cell: ``-`` for none, floats to 4 significant digits."""
@@ -45,8 +52,8 @@ def summary_text(s: Any) -> str:
     ran = len(s.outcomes)
     lines = [
         f"study {s.study!r} in {s.storage} ({s.direction})",
-        f"this run: {ran} trial(s) in {s.seconds:.1f} s: {s.count('complete')} complete, "
-        f"{s.count('pruned')} pruned, {s.count('diverged')} diverged, {s.count('failed')} failed"
+        f"this run: {ran} trial(s) in {s.seconds:.1f} s: "
+        + ", ".join(f"{s.count(k)} {k}" for k in _COUNTED)
         + (f", {s.count('lost')} lost to a heartbeat sweep" if s.count("lost") else "")
         + (", 1 interrupted" if s.interrupted else ""),
     ]
@@ -98,11 +105,9 @@ class ProgressBar:
             self.log = _AboveBar()
             logging.getLogger("lrsearch").addHandler(self.log)
         self.bar.update(1)
-        # The counts of the summary's "this run" line, word for word: a diverged trial is not
-        # counted as pruned in one and apart in the other.
-        counts = {k: summary.count(k) for k in ("complete", "pruned", "diverged", "failed")}
+        counts = {k.value: summary.count(k) for k in _COUNTED}
         self.bar.set_postfix(
-            **{k: n for k, n in counts.items() if n or k in ("complete", "pruned")},
+            **{k: n for k, n in counts.items() if n or k in _ALWAYS_SHOWN},
             best=fmt(summary.best_value),
             refresh=False,
         )
@@ -133,7 +138,7 @@ class _AboveBar(logging.Handler):
 def trial_line(outcome: Any, summary: Any) -> None:
     """One finished trial, one line on stderr (``worker`` prints these instead of a bar)."""
     value = "" if outcome.value is None else f" {fmt(outcome.value)}"
-    why = f" ({outcome.reason})" if outcome.outcome in ("failed", "diverged") else ""
+    why = f" ({outcome.reason})" if outcome.outcome in (Outcome.FAILED, Outcome.DIVERGED) else ""
     click.echo(
         f"trial {outcome.number}: {outcome.outcome}{value} in {outcome.seconds:.1f} s{why}",
         err=True,

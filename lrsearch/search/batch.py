@@ -18,7 +18,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 
 from lrsearch import _optuna_compat as compat
 from lrsearch.errors import LrsearchError
-from lrsearch.schema import BudgetCount
+from lrsearch.schema import BudgetCount, Outcome
 from lrsearch.search import trial as one_trial  # through the module: tests replace its steps
 from lrsearch.search.context import _Loop
 from lrsearch.search.fate import _settle, _Slot
@@ -126,7 +126,7 @@ def _train_batch(
     outcomes: list[TrialOutcome] = []
     error: LrsearchError | None = None
     for slot, result in zip(slots, results, strict=True):
-        stopping = error is not None or any(o.outcome == "interrupted" for o in outcomes)
+        stopping = error is not None or any(o.outcome == Outcome.INTERRUPTED for o in outcomes)
         if result is not None:
             outcome, failed = _settle(loop, slot, result)
         elif stopping:

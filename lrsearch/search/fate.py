@@ -77,7 +77,7 @@ def _settle(
             trial,
             sample,
             start,
-            "complete",
+            Outcome.COMPLETE,
             value=result.value,
             step=slot.last_step + 1,
             cost=cost,
@@ -86,24 +86,24 @@ def _settle(
     if isinstance(result, (_TrialLost, UpdateFinishedTrialError)):
         return _lost(trial, sample, start, loop.grace), None
     if isinstance(result, optuna.TrialPruned):
-        return _finish(loop, trial, sample, start, "pruned", reason=str(result) or None), None
+        return _finish(loop, trial, sample, start, Outcome.PRUNED, reason=str(result) or None), None
     if isinstance(result, TrialFailure):
-        kind = failure_outcome(result.diverged).value
+        kind = failure_outcome(result.diverged)
         step = slot.last_step + 1
         return _finish(loop, trial, sample, start, kind, reason=result.reason, step=step), None
     if isinstance(result, KeyboardInterrupt):
-        return _finish(loop, trial, sample, start, "interrupted", reason="interrupted"), None
+        return _finish(loop, trial, sample, start, Outcome.INTERRUPTED, reason="interrupted"), None
     if isinstance(result, StorageUnavailable):
         # Not the configuration's fault: stored interrupted and queued again, once the database
         # answers (within the limit again); else it stays RUNNING and a sweep queues it again.
         reason = "interrupted: the database was unreachable"
-        return _finish(loop, trial, sample, start, "interrupted", reason=reason), result
+        return _finish(loop, trial, sample, start, Outcome.INTERRUPTED, reason=reason), result
     if isinstance(result, LrsearchError):
-        return _finish(loop, trial, sample, start, "failed", reason=str(result)), result
+        return _finish(loop, trial, sample, start, Outcome.FAILED, reason=str(result)), result
     if not isinstance(result, Exception):  # SystemExit and the like are never caught
         raise result
     reason = f"{type(result).__name__}: {result}"
-    outcome = _finish(loop, trial, sample, start, "failed", reason=reason)
+    outcome = _finish(loop, trial, sample, start, Outcome.FAILED, reason=reason)
     error = TaskError(
         f"trial {trial.number} failed in the task's code ({reason}); the trial is stored as "
         "failed and the study kept; fix the task (--debug shows the traceback) and run again"
@@ -117,7 +117,7 @@ def _finish(
     trial: optuna.Trial,
     sample: Sample | None,
     start: float,
-    outcome: str,
+    outcome: Outcome,
     *,
     value: float | None = None,
     reason: str | None = None,
@@ -129,25 +129,25 @@ def _finish(
     ``step`` is where a diverged trial's NaN is reported: one past its last report. ``cost`` is
     the second objective of a study with ``[study] cost``.
     """
-    if outcome == "complete":
+    if outcome is Outcome.COMPLETE:
         try:
             value = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            outcome, reason = "failed", f"the trainer returned {value!r}, not a number"
+            outcome, reason = Outcome.FAILED, f"the trainer returned {value!r}, not a number"
             value = None
         else:
             judged, why = value_outcome(value)
             if judged is not Outcome.COMPLETE:
                 # Optuna refuses to complete a trial with NaN/inf: a divergence the trainer missed.
-                outcome, reason, value = judged.value, why, None
-    state = TrialState[Outcome(outcome).optuna_state]
+                outcome, reason, value = judged, why, None
+    state = TrialState[outcome.optuna_state]
     try:
-        if outcome != "complete":
-            trial.set_user_attr(OUTCOME_ATTR, outcome)
-        if reason and outcome != "pruned":
+        if outcome is not Outcome.COMPLETE:
+            trial.set_user_attr(OUTCOME_ATTR, outcome.value)
+        if reason and outcome is not Outcome.PRUNED:
             trial.set_user_attr(REASON_ATTR, reason)
         two = loop.two_objectives
-        if outcome == "diverged" and not two:
+        if outcome is Outcome.DIVERGED and not two:
             # NaN as the last intermediate value: TPE ranks it worst among trials that got as far.
             # (A two-objective trial takes no reports: it stays PRUNED without a value.)
             trial.report(math.nan, step)
@@ -160,11 +160,11 @@ def _finish(
         told = None
     if told != state:  # another worker's sweep failed it first
         return _lost(trial, sample, start, loop.grace)
-    if outcome == "interrupted":
+    if outcome is Outcome.INTERRUPTED:
         _queue_again(loop.study, trial, lost=False, max_losses=loop.liveness.max_losses)
     return TrialOutcome(
         number=trial.number,
-        outcome=outcome,
+        outcome=outcome.value,
         value=value,
         lrs=dict(sample.lrs) if sample else {},
         seconds=time.perf_counter() - start,

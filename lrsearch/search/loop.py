@@ -25,6 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lrsearch.pick import best, metric
+from lrsearch.schema import Outcome
 from lrsearch.search.batch import _run_batch
 from lrsearch.search.context import _Loop
 from lrsearch.search.liveness import _fail_if_running, _Heartbeat, _Looker
@@ -125,9 +126,9 @@ def _cleaned_up(loop: _Loop, summary: SearchSummary, current: list[optuna.Trial]
 def _record(loop: _Loop, summary: SearchSummary, outcome: TrialOutcome) -> bool:
     """Note a trial's outcome in the summary and tell ``on_trial``; whether the search stops."""
     summary.outcomes.append(outcome)
-    if outcome.outcome == "interrupted":
+    if outcome.outcome == Outcome.INTERRUPTED:
         return True
-    if outcome.outcome == "complete":
+    if outcome.outcome == Outcome.COMPLETE:
         _note_best(summary, outcome)
     if loop.on_trial is not None and outcome.outcome != "lost":
         loop.on_trial(outcome, summary)
