@@ -40,7 +40,7 @@ step() {  # step NAME SECONDS COMMAND...
 }
 
 # Each step writes its figures straight into $out: a run cut short still returns what it made.
-step gpu_tests 70 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_gpu_engine.py
+step gpu_tests 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_gpu_engine.py
 step throughput 130 python3 benchmarks/bench_throughput.py --device cuda --tasks minilm \
   --trials 32 --ks 8,32 --sweep-trials 0 --out "$out/throughput_cuda.json"
 step realistic 100 python3 benchmarks/bench_throughput.py --device cuda --tasks minilm \
