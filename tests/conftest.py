@@ -61,6 +61,14 @@ def _no_storage_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _threads_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands under test leave torch's threads alone (as under ``launch``): their default
+    follows what else keeps the machine busy (lrsearch.threads), and would add a note to their
+    output on a loaded machine only. Tests of that default take this away themselves."""
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS") or "1")
+
+
+@pytest.fixture(autouse=True)
 def _toy_tasks_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers and verify run a stored entry only if allowed (lrsearch.trust): the toy tasks are
     the tests' own. tests/test_trust.py takes this away to see the refusals."""
