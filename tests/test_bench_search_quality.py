@@ -16,7 +16,15 @@ import torch
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_search_quality.py"
 STRATEGIES = ("per_group", "single_lr", "layer_decay")
 COST_AWARE = "per_group_cost"
-ROLES = ("per_group", "per_group_cheapest", "per_group_cost_cheapest", "single_lr", "layer_decay")
+NOISE_AWARE = "per_group_cost_noise_aware"
+ROLES = (
+    "per_group",
+    "per_group_cheapest",
+    "per_group_cost_cheapest",
+    NOISE_AWARE,
+    "single_lr",
+    "layer_decay",
+)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +109,8 @@ def test_the_cost_aware_search_is_per_group_with_a_second_objective(
     assert search["space"] == "per_group" and search["cost"] == "seconds"
     assert search["direction"] == task["strategies"]["per_group"]["direction"]
     trials = search["trials"]
-    assert [t["number"] for t in trials] == [0, 1, 2, 3]
+    # Its [winner] (top 1 of a 4-trial budget, 2 reseeds) is paid from its budget: 2 searched.
+    assert [t["number"] for t in trials] == [0, 1]
     assert "pruned" not in search["counts"]  # a two-objective study prunes nothing
     # Its winner is the cheapest trial near its own best, by the seconds it trained.
     done = [t for t in trials if t["state"] == "complete"]
@@ -110,6 +119,26 @@ def test_the_cost_aware_search_is_per_group_with_a_second_objective(
     chosen = task["results"]["per_group_cost_cheapest"]
     assert chosen["strategy"] == COST_AWARE
     assert chosen["trial"] == min(near, key=lambda t: (t["train_s"], t["number"]))["number"]
+
+
+def test_the_cost_aware_study_is_confirmed_and_names_a_noise_aware_winner(
+    report: dict[str, Any],
+) -> None:
+    task = report["tasks"]["digits"]
+    confirm = task["strategies"][COST_AWARE]["confirm"]
+    assert [t["trial"] for t in confirm["trials"]] == [task["strategies"][COST_AWARE]["best_trial"]]
+    (top,) = confirm["trials"]
+    assert len(top["values"]) == 3  # the search's run and two reseeds
+    assert top["mean"] == pytest.approx(sum(top["values"]) / 3)
+    assert len(confirm["seeds"]) == 2 and min(confirm["seeds"]) >= 10_000
+    # Retraining on the test split never reuses a seed the confirmation trained with.
+    assert not set(confirm["seeds"]) & set(task["retrain_seeds"])
+    assert confirm["pick"] == top["trial"]  # one candidate: it is the pick
+    chosen = task["results"][NOISE_AWARE]
+    assert chosen["strategy"] == COST_AWARE and chosen["trial"] == confirm["pick"]
+    assert [r["seed"] for r in chosen["runs"]] == task["retrain_seeds"]
+    # The other studies confirm nothing.
+    assert all(task["strategies"][s]["confirm"] is None for s in STRATEGIES)
 
 
 def test_winners_retrained_with_the_same_seeds_on_the_test_split(
@@ -136,11 +165,18 @@ def test_winners_retrained_with_the_same_seeds_on_the_test_split(
 
 def test_targets_are_booleans(report: dict[str, Any]) -> None:
     targets = report["targets"]
-    assert set(targets) == {"a", "b", "c"}
+    assert set(targets) == {"a", "b", "d", "cost_single_values"}
     for t in targets.values():
         assert isinstance(t["passed"], bool)
         assert t["rule"] and set(t["per_task"]) == {"digits"}
-    speed = targets["c"]["per_task"]["digits"]
+    results = report["tasks"]["digits"]["results"]
+    d = targets["d"]["per_task"]["digits"]
+    assert d["judged"] is True
+    assert d["noise_aware_train_s"] == results[NOISE_AWARE]["train_s"]["median"]
+    assert d["speedup"] == pytest.approx(d["single_lr_train_s"] / d["noise_aware_train_s"])
+    assert d["fast"] is (d["speedup"] >= 2.0) and d["no_slower"] is (d["speedup"] >= 0.95)
+    assert targets["d"]["passed"] is (d["fast"] and d["no_slower"])
+    speed = targets["cost_single_values"]["per_task"]["digits"]
     assert speed["speedup"] == pytest.approx(
         speed["single_lr_train_s"] / speed["cost_aware_cheapest_train_s"]
     )
@@ -153,6 +189,44 @@ def test_targets_are_booleans(report: dict[str, Any]) -> None:
         speed["single_lr_train_s"] / results["per_group_cheapest"]["train_s"]["median"]
     )
     assert speed["passed"] is (speed["speedup"] >= 2.0)
+
+
+def test_a_run_of_some_searches_is_not_judged_until_merged(
+    bench: ModuleType, report: dict[str, Any], tmp_path: Path
+) -> None:
+    # Two runs of one task, each with half the searches (--only), one core each.
+    halves = []
+    for only in ("per_group,per_group_cost", "single_lr,layer_decay"):
+        out = tmp_path / f"{only.split(',')[0]}.json"
+        argv = ["--tasks", "digits", "--trials", "4", "--seeds", "2", "--threads", "1"]
+        assert bench.main([*argv, "--only", only, "--out", str(out)]) == 0
+        half = json.loads(out.read_text(encoding="utf-8"))
+        assert half["tasks"]["digits"]["searched"] == only.split(",")
+        assert set(half["targets"]["not_judged"]) == {"digits"}
+        assert half["targets"]["a"]["per_task"] == {} and half["targets"]["a"]["passed"] is False
+        halves.append(out)
+    first, second = (json.loads(h.read_text(encoding="utf-8")) for h in halves)
+    # The same retraining seeds in both, and as in one run of all four searches.
+    seeds = report["tasks"]["digits"]["retrain_seeds"]
+    assert first["tasks"]["digits"]["retrain_seeds"] == seeds
+    assert second["tasks"]["digits"]["retrain_seeds"] == seeds
+
+    merged_path = tmp_path / "merged.json"
+    assert bench.main(["--merge", *map(str, halves), "--out", str(merged_path)]) == 0
+    merged = json.loads(merged_path.read_text(encoding="utf-8"))
+    task = merged["tasks"]["digits"]
+    assert set(task["strategies"]) == {*STRATEGIES, COST_AWARE} and set(task["results"]) == set(
+        ROLES
+    )
+    assert "not_judged" not in merged["targets"]
+    for key in ("a", "b", "d"):
+        assert set(merged["targets"][key]["per_task"]) == {"digits"}
+    # Seeded and deterministic: the halves searched what the single run searched.
+    for strategy in (*STRATEGIES, COST_AWARE):
+        values = [t["value"] for t in task["strategies"][strategy]["trials"]]
+        assert values == [
+            t["value"] for t in report["tasks"]["digits"]["strategies"][strategy]["trials"]
+        ]
 
 
 def test_a_task_whose_package_is_missing_is_skipped(
@@ -206,8 +280,10 @@ def test_merge_judges_the_targets_over_every_file(
     a = merged["targets"]["a"]
     assert set(a["per_task"]) == {"digits", "other"}
     assert a["per_task"]["other"]["not_worse"] is False and a["passed"] is False
+    cost = "cost_single_values"
     assert (
-        merged["targets"]["c"]["per_task"]["digits"] == report["targets"]["c"]["per_task"]["digits"]
+        merged["targets"][cost]["per_task"]["digits"]
+        == report["targets"][cost]["per_task"]["digits"]
     )
     assert out.with_suffix(".png").stat().st_size > 0
 
@@ -219,7 +295,17 @@ def test_merge_refuses_a_task_twice_and_a_foreign_file(
     first.write_text(json.dumps(report), encoding="utf-8")
     foreign.write_text('{"benchmark": "something else"}', encoding="utf-8")
     assert bench.main(["--merge", str(first), str(first), "--out", str(out)]) == 2
-    assert "task(s) digits in" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "task digits in" in err and "both searched layer_decay, per_group" in err
+    # Other searches of the task, but at other sizes: their results do not compare.
+    other = json.loads(json.dumps(report))
+    record = other["tasks"]["digits"]
+    record["strategies"] = {"per_group_gp": record["strategies"]["per_group"]}
+    record["kwargs"] = {"n_train": 100}
+    resized = tmp_path / "resized.json"
+    resized.write_text(json.dumps(other), encoding="utf-8")
+    assert bench.main(["--merge", str(first), str(resized), "--out", str(out)]) == 2
+    assert "the runs differ in kwargs" in capsys.readouterr().err
     assert bench.main(["--merge", str(first), str(foreign), "--out", str(out)]) == 2
     assert "is not a bench_search_quality.py result" in capsys.readouterr().err
     assert bench.main(["--merge", str(tmp_path / "none.json"), "--out", str(out)]) == 2
@@ -251,6 +337,7 @@ def test_full_size_is_realistic_and_the_cpu_modes_are_unchanged(bench: ModuleTyp
         (["--quick", "--size", "full"], "--quick and --size full"),
         (["--budget-seconds", "0"], "--budget-seconds must be > 0"),
         (["--strategies", "gp,cmaes"], "unknown strategies ['cmaes']"),
+        (["--only", "per_group,per_group_gp"], "--only: unknown search(es) ['per_group_gp']"),
     ],
 )
 def test_bad_arguments_are_refused(
