@@ -169,6 +169,13 @@ def test_targets_are_booleans(report: dict[str, Any]) -> None:
     for t in targets.values():
         assert isinstance(t["passed"], bool)
         assert t["rule"] and set(t["per_task"]) == {"digits"}
+    for key in ("a", "b"):
+        c = targets[key]["per_task"]["digits"]
+        assert c["clearly_better"] is (c["difference"] > c["allowed"])
+        assert c["not_worse"] is (c["difference"] >= -c["allowed"])
+        # Issue 15's rule: better by more than the noise on every task.
+        assert targets[key]["passed"] is (c["not_worse"] and c["clearly_better"])
+        assert targets[key]["passed_last_round_rule"] is (c["not_worse"] and c["difference"] > 0)
     results = report["tasks"]["digits"]["results"]
     d = targets["d"]["per_task"]["digits"]
     assert d["judged"] is True
@@ -192,7 +199,10 @@ def test_targets_are_booleans(report: dict[str, Any]) -> None:
 
 
 def test_a_run_of_some_searches_is_not_judged_until_merged(
-    bench: ModuleType, report: dict[str, Any], tmp_path: Path
+    bench: ModuleType,
+    report: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Two runs of one task, each with half the searches (--only), one core each.
     halves = []
@@ -204,6 +214,9 @@ def test_a_run_of_some_searches_is_not_judged_until_merged(
         assert half["tasks"]["digits"]["searched"] == only.split(",")
         assert set(half["targets"]["not_judged"]) == {"digits"}
         assert half["targets"]["a"]["per_task"] == {} and half["targets"]["a"]["passed"] is False
+        printed = capsys.readouterr().out
+        assert "target (a): not judged (no task has all its searches here)" in printed
+        assert "target (a) FAIL" not in printed
         halves.append(out)
     first, second = (json.loads(h.read_text(encoding="utf-8")) for h in halves)
     # The same retraining seeds in both, and as in one run of all four searches.
