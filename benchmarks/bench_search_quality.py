@@ -711,6 +711,7 @@ def targets(tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
         f"winner (median retraining seconds) on at least one task and is no slower (speedup >= "
         f"{NO_SLOWER}) on any",
         "per_task": per_task_d,
+        "judged": bool(judged),  # False in --budget-seconds mode: nothing was confirmed
         "passed": bool(judged)
         and len(judged) == len(per_task_d)
         and any(c["fast"] for c in judged)
@@ -919,6 +920,9 @@ def print_targets(result: dict[str, Any]) -> None:
         label = f"target ({key})" if len(key) == 1 else "last round's cost rule"
         if not t["per_task"]:
             print(f"{label}: not judged (no task has all its searches here): {t['rule']}")
+            continue
+        if t.get("judged") is False:
+            print(f"{label}: not judged (no study was confirmed): {t['rule']}")
             continue
         verdict = "PASS" if t["passed"] else "FAIL"
         print(f"{label} {verdict}: {t['rule']}")

@@ -183,6 +183,7 @@ def test_targets_are_booleans(report: dict[str, Any]) -> None:
     assert d["speedup"] == pytest.approx(d["single_lr_train_s"] / d["noise_aware_train_s"])
     assert d["fast"] is (d["speedup"] >= 2.0) and d["no_slower"] is (d["speedup"] >= 0.95)
     assert targets["d"]["passed"] is (d["fast"] and d["no_slower"])
+    assert targets["d"]["judged"] is True
     speed = targets["cost_single_values"]["per_task"]["digits"]
     assert speed["speedup"] == pytest.approx(
         speed["single_lr_train_s"] / speed["cost_aware_cheapest_train_s"]
@@ -410,5 +411,9 @@ def test_extras_and_equal_wall_time_run_end_to_end(bench: ModuleType, tmp_path: 
     assert task["strategies"]["per_group_gp"]["sampler"] == "gp"
     start = task["strategies"]["per_group_start"]
     assert start["start"] == "single"
+    # Time ends the searches before any [winner] budget is met: (d) is not judged, not failed.
+    assert task["strategies"]["per_group_cost"]["confirm"] is None
+    assert data["targets"]["d"]["judged"] is False
+    assert data["targets"]["d"]["per_task"]["digits"]["judged"] is False
     first = min(start["trials"], key=lambda t: t["number"])
     assert len(set(first["lrs"].values())) == 1  # the one-rate sweep's first trial
