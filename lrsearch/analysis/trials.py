@@ -39,7 +39,6 @@ _FIXED_COLUMNS = (
     "datetime_complete",
     "n_evaluations",
 )
-# A trial's outcome from Optuna's state, when lrsearch stored no word of its own.
 
 
 def trial_state(trial: optuna.trial.FrozenTrial) -> str:
