@@ -435,21 +435,14 @@ def run_strategy(
 
 
 def _noise_aware(url: str, name: str, confirmation: dict[str, Any]) -> dict[str, Any]:
-    """The study's confirmation (``run_search`` made it) and the trial ``--within-sd`` picks:
-    the cheapest confirmed trial whose mean is within one pooled seed sd of the best mean."""
-    import optuna
+    """The study's confirmation (``run_search`` made it) and the trial ``lrsearch best
+    --within-sd`` picks: the cheapest confirmed trial whose mean is within one pooled seed sd of
+    the best mean."""
+    from lrsearch.analysis import best_trials
+    from lrsearch.pick import Rule
+    from lrsearch.storage import open_storage
 
-    from lrsearch.pick import Rule, pick
-    from lrsearch.retrain import seed_values
-
-    study = optuna.load_study(study_name=name, storage=url)
-    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-    chosen = pick(
-        study.get_trials(deepcopy=False),
-        maximize=maximize,
-        rule=Rule(within_sd=True),
-        seeds=seed_values(study),
-    )
+    (chosen,) = best_trials(open_storage(url, create=False), name, rule=Rule(within_sd=True))
     return {
         "rule": "the cheapest confirmed trial whose mean is within one pooled seed sd of the "
         "best mean (lrsearch best --within-sd)",
@@ -465,7 +458,7 @@ def _noise_aware(url: str, name: str, confirmation: dict[str, Any]) -> dict[str,
             }
             for t in confirmation["trials"]
         ],
-        "pick": chosen.number,
+        "pick": chosen["trial"],
     }
 
 
@@ -807,9 +800,8 @@ def run_task(task: str, args: argparse.Namespace, url: str, run_id: str) -> dict
         if args.budget_seconds is None:
             # Every seed the full set of searches trains with, searched here or not (--only), so
             # that runs of some strategies each retrain with the seeds one run of all would.
-            planned = range(first.study.n_trials)
-            used.update(args.seed + i for i in planned)
-            used.update(verify_seeds(CONFIRM_RESEEDS, {args.seed + i for i in planned}))
+            planned = {args.seed + i for i in range(first.study.n_trials)}
+            used.update(planned, verify_seeds(CONFIRM_RESEEDS, planned))
         for strategy in searched:
             name = f"bench-quality-{run_id}-{task}-{strategy}"
             print(f"  {strategy}: {budget} -> study {name}", flush=True)
@@ -1253,7 +1245,9 @@ def _join(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | str:
         "extras": {**a.get("extras", {}), **b.get("extras", {})},
         "strategies": {**a["strategies"], **b["strategies"]},
         "results": {**a["results"], **b["results"]},
-        "spec_differences": [*a.get("spec_differences", []), *b.get("spec_differences", [])],
+        "spec_differences": list(  # each run checks every strategy's file: the same lines, once
+            dict.fromkeys([*a.get("spec_differences", []), *b.get("spec_differences", [])])
+        ),
         "wall_s": max(a.get("wall_s") or 0.0, b.get("wall_s") or 0.0),
     }
 

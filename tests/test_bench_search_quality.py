@@ -225,10 +225,16 @@ def test_a_run_of_some_searches_is_not_judged_until_merged(
     assert first["tasks"]["digits"]["retrain_seeds"] == seeds
     assert second["tasks"]["digits"]["retrain_seeds"] == seeds
 
+    # Each half checks every strategy's file, so a difference found is found by both: once here.
+    line = "layer_decay: [train] differs from per_group's"
+    for path, half in zip(halves, (first, second), strict=True):
+        half["tasks"]["digits"]["spec_differences"] = [line]
+        path.write_text(json.dumps(half), encoding="utf-8")
     merged_path = tmp_path / "merged.json"
     assert bench.main(["--merge", *map(str, halves), "--out", str(merged_path)]) == 0
     merged = json.loads(merged_path.read_text(encoding="utf-8"))
     task = merged["tasks"]["digits"]
+    assert task["spec_differences"] == [line]
     assert set(task["strategies"]) == {*STRATEGIES, COST_AWARE} and set(task["results"]) == set(
         ROLES
     )
