@@ -1255,7 +1255,9 @@ def _join(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | str:
 def merge(paths: list[Path], out: Path, *, note: str | None = None) -> int:
     """Join the tasks of several runs' JSON files into ``out`` and judge the targets over them.
 
-    Each run keeps its own date, note, machine, source and config under ``merged_from``. A task
+    Each run keeps its own date, note, machine, source and config under ``merged_from``; a file
+    that is itself a merge adds the runs it lists, so one more search joins a merged result
+    without losing where the others ran. A task
     in two files is joined when they searched different strategies (``--only``) with the same
     sizes, budget, seeds and retraining seeds; otherwise refused (which one counts would be a
     guess), as is a file that is not this script's.
@@ -1281,6 +1283,9 @@ def merge(paths: list[Path], out: Path, *, note: str | None = None) -> int:
                 )
                 return 2
             tasks[name] = joined
+        if isinstance(data.get("merged_from"), list):  # a merged file: the runs it was made of
+            runs.extend(data["merged_from"])
+            continue
         runs.append(
             {"file": path.name, "tasks": sorted(data["tasks"])}
             | {k: data.get(k) for k in ("date", "note", "machine", "source", "config")}

@@ -307,6 +307,21 @@ def test_merge_judges_the_targets_over_every_file(
     )
     assert out.with_suffix(".png").stat().st_size > 0
 
+    # A merged file joins a third run (one more search added later) and keeps every run's record.
+    third, again = tmp_path / "c.json", tmp_path / "again.json"
+    extra = json.loads(json.dumps(report))
+    extra["note"] = "later"
+    extra["tasks"]["third"] = extra["tasks"].pop("digits")
+    third.write_text(json.dumps(extra), encoding="utf-8")
+    assert bench.main(["--merge", str(out), str(third), "--out", str(again)]) == 0
+    joined = json.loads(again.read_text(encoding="utf-8"))
+    assert [(r["file"], r["note"]) for r in joined["merged_from"]] == [
+        ("a.json", report["note"]),
+        ("b.json", "core 1"),
+        ("c.json", "later"),
+    ]
+    assert set(joined["tasks"]) == {"digits", "other", "third"}
+
 
 def test_merge_refuses_a_task_twice_and_a_foreign_file(
     bench: ModuleType, report: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
