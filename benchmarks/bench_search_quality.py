@@ -968,6 +968,11 @@ def plot(tasks: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     shown = {name: t for name, t in tasks.items() if t.get("strategies")}
+    # One colour per strategy across every task's panels (a merged file lists them in any order).
+    names = dict.fromkeys(s for t in shown.values() for s in t["strategies"])
+    ordered = [s for s in SEARCHED if s in names] + sorted(s for s in names if s not in SEARCHED)
+    palette = plt.get_cmap("tab10").colors
+    colour = {s: palette[i % len(palette)] for i, s in enumerate(ordered)}
     rows = max(1, len(shown))
     fig, axes = plt.subplots(rows, 2, figsize=(10, 3.6 * rows), squeeze=False)
     if not shown:
@@ -977,11 +982,10 @@ def plot(tasks: dict[str, dict[str, Any]], path: Path) -> None:
         for strategy, search in t["strategies"].items():
             trials = sorted(search["trials"], key=lambda x: x["number"])
             best = [math.nan if b is None else b for b in best_so_far(trials, search["direction"])]
-            by_number.step(
-                [x["number"] for x in trials], best, where="post", marker=".", label=strategy
-            )
+            style = {"where": "post", "marker": ".", "label": strategy, "color": colour[strategy]}
+            by_number.step([x["number"] for x in trials], best, **style)
             elapsed = [math.nan if x["elapsed_s"] is None else x["elapsed_s"] for x in trials]
-            by_time.step(elapsed, best, where="post", marker=".", label=strategy)
+            by_time.step(elapsed, best, **style)
         by_number.set_xlabel("trial")
         by_time.set_xlabel("wall seconds since the strategy started")
         for ax in (by_number, by_time):
