@@ -115,13 +115,18 @@ def _wait_for(what: str, check: Callable[[], Any], timeout: float = STARTUP_S) -
 
 
 def _mid_trial(url: str, name: str, pid: int) -> FrozenTrial | None:
-    """A trial process ``pid`` is training (sampled, RUNNING), if any."""
+    """A trial process ``pid`` is training (sampled, RUNNING), if any.
+
+    A trial is RUNNING, with its process recorded, before the sampler writes its parameters: one
+    without any is not sampled yet (the snapshot would hold no configuration to compare with).
+    """
     try:
         trials = _trials(url, name)
     except (StorageError, KeyError):  # no database file, or no study, yet
         return None
     for t in trials:
-        if t.state == TrialState.RUNNING and t.user_attrs.get(TRIAL_ATTR, {}).get("pid") == pid:
+        mine = t.user_attrs.get(TRIAL_ATTR, {}).get("pid") == pid
+        if t.state == TrialState.RUNNING and mine and t.params:
             return t
     return None
 
@@ -506,7 +511,9 @@ def test_repeated_ctrl_c_stops_cleanly_and_loses_no_configuration(
     trials = {t.number: t for t in _trials(storage_url, study_name)}
     assert trials[hit.number].user_attrs[OUTCOME_ATTR] == "interrupted"
     (queued,) = [t for t in trials.values() if t.state == TrialState.WAITING]
-    assert queued.user_attrs[RETRY_OF_ATTR] == hit.number and _config(queued) == hit.params
+    # The stored trial, not the snapshot: its parameters may have been written one by one.
+    sampled = trials[hit.number].params
+    assert queued.user_attrs[RETRY_OF_ATTR] == hit.number and _config(queued) == sampled
     assert not [t for t in trials.values() if t.state == TrialState.RUNNING]
     before = _completed(list(trials.values()))
 
