@@ -18,6 +18,7 @@ on ``FIGURE`` lines (``pytest -s``).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import select
@@ -651,33 +652,69 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(point)], check=False)
 
 
-@pytest.mark.slow
-def test_a_full_disk_stops_with_one_line_and_loses_nothing(
-    small_disk: Path, study_name: str, toy_spec: Any
-) -> None:
-    url, budget = f"sqlite:///{small_disk / 'studies.db'}", 6
-    spec = toy_spec(study_name, study={"n_trials": budget, **FAST})
-    run_search(spec, storage=url, n_trials=2, device="cpu", train_fn=Script([complete] * 2))
-    before = _completed(_trials(url, study_name))
-    # An emptied WAL: one of the size it had could take the next writes without growing.
-    with contextlib.closing(sqlite3.connect(small_disk / "studies.db")) as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    filler = small_disk / "filler"
+def _fill(disk: Path) -> Path:
+    """Takes every byte left on ``disk`` (a tmpfs), so that the next write there fails."""
+    filler = disk / "filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:  # every byte left, so that the next write fails
+    try:
         with contextlib.suppress(OSError):
             while True:
                 os.write(fd, b"\0" * 4096)
     finally:
         os.close(fd)
-    script = Script([complete] * budget)
-    with pytest.raises(StorageError) as error:  # waited out like an outage, for 2 s here
-        run_search(spec, storage=url, device="cpu", train_fn=script, storage_retry=2)
+    return filler
+
+
+@pytest.mark.slow
+def test_a_disk_full_mid_search_stops_with_one_line_and_loses_nothing(
+    small_disk: Path, study_name: str, toy_spec: Any
+) -> None:
+    """The disk fills while the study is open (another worker holds it): the next write fails,
+    is waited out like an outage, then stops the run with one line."""
+    db = small_disk / "studies.db"
+    url, budget = f"sqlite:///{db}", 6
+    spec = toy_spec(study_name, study={"n_trials": budget, **FAST})
+    run_search(spec, storage=url, n_trials=2, device="cpu", train_fn=Script([complete] * 2))
+    before = _completed(_trials(url, study_name))
+    with contextlib.closing(sqlite3.connect(db)) as other_worker:
+        # Its reads keep the WAL's shared-memory index, which needs no more room; an emptied WAL:
+        # one of the size it had could take the next writes without growing.
+        other_worker.execute("SELECT count(*) FROM trials").fetchone()
+        other_worker.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert (small_disk / "studies.db-shm").exists()
+        filler = _fill(small_disk)
+        script = Script([complete] * budget)
+        with pytest.raises(StorageError) as error:  # waited out like an outage, for 2 s here
+            run_search(spec, storage=url, device="cpu", train_fn=script, storage_retry=2)
     assert "disk is full" in str(error.value) and "\n" not in str(error.value)
     filler.unlink()
     time.sleep(FAST["grace_period"] + 1.2)  # a trial left RUNNING goes stale
     run_search(spec, storage=url, device="cpu", train_fn=Script([complete] * budget))
     _assert_intact(_trials(url, study_name), budget=budget, before=before)
+
+
+def test_a_search_started_on_a_full_disk_says_so_and_loses_nothing(
+    small_disk: Path, study_name: str, toy_spec: Any
+) -> None:
+    """No process has the study open: SQLite cannot create the WAL's shared-memory index and
+    answers "disk I/O error" (found by CI, which got "not an SQLite file" for it)."""
+    db = small_disk / "studies.db"
+    url, budget = f"sqlite:///{db}", 4
+    spec = toy_spec(study_name, study={"n_trials": budget, **FAST})
+    run_search(spec, storage=url, n_trials=2, device="cpu", train_fn=Script([complete] * 2))
+    before = _completed(_trials(url, study_name))
+    gc.collect()  # the run's pooled connections: the last one closed removes the index
+    assert not (small_disk / "studies.db-shm").exists()
+    filler = _fill(small_disk)
+    with pytest.raises(StorageError) as error:
+        run_search(spec, storage=url, device="cpu", train_fn=Script([complete] * budget))
+    message = str(error.value)
+    assert "the disk is full" in message and "free some space" in message, message
+    assert "not an SQLite file" not in message and "\n" not in message
+    filler.unlink()
+    run_search(spec, storage=url, device="cpu", train_fn=Script([complete] * budget))
+    trials = _trials(url, study_name)
+    _assert_intact(trials, budget=budget, before=before)
 
 
 @pytest.mark.slow

@@ -42,7 +42,7 @@ from lrsearch.storage.outage import (
     is_schema_race,
     is_transient,
 )
-from lrsearch.storage.sqlite_file import check_sqlite_file
+from lrsearch.storage.sqlite_file import check_sqlite_file, sqlite_failure
 from lrsearch.storage.urls import ENV_VAR, error_detail, parse_url, resolve_url
 
 WAIT_ENV_VAR = "LRSEARCH_DB_WAIT"  # seconds `run`, `create` and `worker` wait for the database
@@ -139,10 +139,14 @@ def _prepare_sqlite(parsed: URL, shown: str, *, create: bool) -> None:
             return
         except sqlite3.OperationalError as e:
             if "locked" not in str(e) or time.monotonic() >= deadline:
-                raise StorageError(f"storage {shown!r} is not a usable SQLite database: {e}") from e
+                raise StorageError(
+                    f"storage {shown!r} is not a usable SQLite database: {sqlite_failure(e, path)}"
+                ) from e
             time.sleep(0.05)
         except sqlite3.DatabaseError as e:
-            raise StorageError(f"storage {shown!r} is not a usable SQLite database: {e}") from e
+            raise StorageError(
+                f"storage {shown!r} is not a usable SQLite database: {sqlite_failure(e, path)}"
+            ) from e
 
 
 def filesystem_of(path: str | Path, mounts: str | None = None) -> tuple[str, str] | None:

@@ -8,6 +8,9 @@ an Optuna database is refused: by readers always, by writers when it holds other
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -35,6 +38,11 @@ def tables_of(path: Path) -> set[str] | None:
     """The tables in SQLite file ``path``; ``None`` when it is not an SQLite database.
 
     An empty file is an empty database (``set()``). Read-only: the file is not changed.
+
+    Raises:
+        OSError: The file cannot be looked at.
+        sqlite3.Error: SQLite cannot read it for another reason than its content (a full disk,
+            where a WAL file's shared-memory index cannot be created; a lost permission).
     """
     # Never through a file descriptor of our own: closing one drops every POSIX lock this process
     # holds on the file, those of its open SQLite connections too, and another process may then
@@ -48,8 +56,10 @@ def tables_of(path: Path) -> set[str] | None:
             rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
         finally:
             conn.close()
-    except sqlite3.DatabaseError:
-        return None
+    except sqlite3.DatabaseError as e:
+        if e.sqlite_errorcode == sqlite3.SQLITE_NOTADB:
+            return None
+        raise
     # sqlite_sequence, sqlite_stat1: SQLite's own, in any database.
     return {name for (name,) in rows if not name.startswith("sqlite_")}
 
@@ -70,10 +80,9 @@ def check_sqlite_file(path: Path, shown: str, *, create: bool) -> None:
     """
     try:
         tables = tables_of(path)
-    except OSError as e:
-        raise StorageError(
-            f"storage {shown!r} is not a usable SQLite database: {e.strerror}; check --storage"
-        ) from None
+    except (OSError, sqlite3.Error) as e:
+        why = sqlite_failure(e, path, "check --storage")
+        raise StorageError(f"storage {shown!r} is not a usable SQLite database: {why}") from None
     if tables is None:
         raise StorageError(
             f"storage {shown!r} is not a usable SQLite database (not an SQLite file); "
@@ -93,3 +102,29 @@ def check_sqlite_file(path: Path, shown: str, *, create: bool) -> None:
         f"storage {shown!r}: {str(path)!r} is another program's database (tables: {listed}), "
         "not an lrsearch/Optuna one; left untouched: give lrsearch a file of its own"
     )
+
+
+# Below this, a disk is too full for SQLite: a WAL file's shared-memory index alone is 32 KiB.
+_FULL_DISK_BYTES = 1 << 20
+
+
+def sqlite_failure(error: OSError | sqlite3.Error, path: Path, hint: str | None = None) -> str:
+    """Why SQLite file ``path`` could not be used, for a one-line message, with ``hint`` after it.
+
+    A full disk says so, and what to do: SQLite may report one as a "disk I/O error" (no room
+    for the shared-memory index of a WAL file), so an I/O error is told apart by the free space.
+    """
+    if isinstance(error, OSError):
+        cause, io_error = error.strerror or str(error), error.errno == errno.ENOSPC
+    else:
+        code = getattr(error, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+        cause, io_error = str(error), code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+    if io_error:
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(path.parent).free
+            if free < _FULL_DISK_BYTES:
+                return (
+                    f"the disk is full ({free} bytes free in {str(path.parent)!r}); free some "
+                    "space there and run again"
+                )
+    return f"{cause}; {hint}" if hint else cause
