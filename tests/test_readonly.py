@@ -5,7 +5,9 @@ Each file is compared byte for byte (and its folder's listing) before and after 
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import shutil
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +21,8 @@ from conftest import SpecWriter
 from lrsearch.cli import main
 from lrsearch.errors import StorageError
 from lrsearch.search import run_search
-from lrsearch.storage.sqlite_file import check_sqlite_file, tables_of
+from lrsearch.storage import sqlite_file
+from lrsearch.storage.sqlite_file import check_sqlite_file, sqlite_failure, tables_of
 from lrsearch.training import TrainResult
 
 READERS = [
@@ -173,3 +176,29 @@ def test_a_writer_takes_a_file_where_optuna_began_its_tables(tmp_path: Path) -> 
     check_sqlite_file(path, "sqlite:///partial.db", create=True)
     with pytest.raises(StorageError, match="another program's database"):
         check_sqlite_file(path, "sqlite:///partial.db", create=False)
+
+
+def _io_error() -> sqlite3.OperationalError:
+    error = sqlite3.OperationalError("disk I/O error")
+    error.sqlite_errorcode = 4874  # type: ignore[attr-defined]  # SQLITE_IOERR_SHMSIZE
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "free", "expected"),
+    [
+        (_io_error(), 0, "the disk is full (0 bytes free in "),
+        (OSError(errno.ENOSPC, "No space left on device"), 4096, "the disk is full (4096 bytes"),
+        (_io_error(), 10 << 30, "disk I/O error; check --storage"),
+        (OSError(errno.EACCES, "Permission denied"), 0, "Permission denied; check --storage"),
+        (sqlite3.OperationalError("database is locked"), 0, "database is locked; check --storage"),
+    ],
+)
+def test_a_failure_on_a_full_disk_says_so_and_no_other_does(
+    error: Exception, free: int, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    usage = shutil.disk_usage(tmp_path)._replace(free=free)
+    monkeypatch.setattr(sqlite_file.shutil, "disk_usage", lambda _: usage)
+    told = sqlite_failure(error, tmp_path / "x.db", "check --storage")  # type: ignore[arg-type]
+    assert told.startswith(expected), told
+    assert ("free some space" in told) == expected.startswith("the disk is full")

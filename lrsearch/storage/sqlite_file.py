@@ -57,7 +57,7 @@ def tables_of(path: Path) -> set[str] | None:
         finally:
             conn.close()
     except sqlite3.DatabaseError as e:
-        if e.sqlite_errorcode == sqlite3.SQLITE_NOTADB:
+        if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB:
             return None
         raise
     # sqlite_sequence, sqlite_stat1: SQLite's own, in any database.
@@ -117,7 +117,8 @@ def sqlite_failure(error: OSError | sqlite3.Error, path: Path, hint: str | None 
     if isinstance(error, OSError):
         cause, io_error = error.strerror or str(error), error.errno == errno.ENOSPC
     else:
-        code = getattr(error, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+        # The primary code of an extended one; errors raised by Python's module itself have none.
+        code = (getattr(error, "sqlite_errorcode", None) or 0) & 0xFF
         cause, io_error = str(error), code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
     if io_error:
         with contextlib.suppress(OSError):
