@@ -713,8 +713,7 @@ def test_a_search_started_on_a_full_disk_says_so_and_loses_nothing(
     assert "not an SQLite file" not in message and "\n" not in message
     filler.unlink()
     run_search(spec, storage=url, device="cpu", train_fn=Script([complete] * budget))
-    trials = _trials(url, study_name)
-    _assert_intact(trials, budget=budget, before=before)
+    _assert_intact(_trials(url, study_name), budget=budget, before=before)
 
 
 @pytest.mark.slow

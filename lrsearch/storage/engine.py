@@ -137,16 +137,13 @@ def _prepare_sqlite(parsed: URL, shown: str, *, create: bool) -> None:
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.close()
             return
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() >= deadline:
+        except sqlite3.DatabaseError as e:
+            locked = isinstance(e, sqlite3.OperationalError) and "locked" in str(e)
+            if not locked or time.monotonic() >= deadline:
                 raise StorageError(
                     f"storage {shown!r} is not a usable SQLite database: {sqlite_failure(e, path)}"
                 ) from e
             time.sleep(0.05)
-        except sqlite3.DatabaseError as e:
-            raise StorageError(
-                f"storage {shown!r} is not a usable SQLite database: {sqlite_failure(e, path)}"
-            ) from e
 
 
 def filesystem_of(path: str | Path, mounts: str | None = None) -> tuple[str, str] | None:
